@@ -1,0 +1,32 @@
+# The few commands people need. Each one sets up what it needs first (deployments/setup.sh).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test test-fast bench lint lock clean
+
+run:            ## set up and start the service on embedded defaults (SQLite, local Prefect, local storage, demo PACS)
+	@deployments/setup.sh run
+	@$(VENV)/bin/studypub run
+
+test:           ## set up everything the tests need, then run the whole suite (slow end-to-end tests included)
+	@deployments/setup.sh test
+	@$(PY) -m pytest -p no:cacheprovider
+
+test-fast:      ## the suite without the slow end-to-end tests
+	@deployments/setup.sh test
+	@$(PY) -m pytest -p no:cacheprovider -m "not slow"
+
+bench:          ## benchmarks (print numbers; not tests)
+	@deployments/setup.sh test
+	@$(PY) -m bench.publish
+
+lint:
+	@deployments/setup.sh test
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy
+
+lock:           ## refresh constraints.txt from the current virtualenv
+	@$(VENV)/bin/pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

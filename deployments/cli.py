@@ -1,0 +1,236 @@
+"""``studypub``: the command line of StudyPublicator.
+
+``studypub publish`` prints exactly one JSON object on stdout (logs go to stderr) and exits 0 when the study
+is published, 1 when the publication failed, 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from typing import IO, Any, NoReturn
+
+from studypub.logs import configure_env
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _stdout_for_result() -> IO[str]:
+    """Keep the real stdout for the one JSON result; everything else that writes to fd 1 goes to stderr."""
+    real = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return real
+
+
+def _emit(out: IO[str], obj: dict[str, Any]) -> None:
+    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def _iso(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError("the date-time needs a UTC offset, e.g. 2025-03-01T00:00:00+03:00")
+    return parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="studypub", description="StudyPublicator: publish anonymised studies behind links.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("publish", help="publish one study through the Prefect flow; prints one JSON object")
+    p.add_argument("--patient-id", required=True, help="PatientID the study must belong to")
+    p.add_argument("--accession", required=True, help="AccessionNumber of the study")
+    p.add_argument("--clinic", help="clinic code (default: STUDYPUB_DEFAULT_CLINIC_CODE)")
+    p.add_argument("--save-till", type=_iso, help="storage period end, ISO 8601 with offset")
+    p.add_argument("--emk-record-id", help="the MIS record id, kept with the publication")
+    p.add_argument("--service-title", help="title shown on the patient's page")
+    p.add_argument("--wait-timeout", type=float, default=3600, help="seconds to wait for a run already under way")
+
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    sub.add_parser("receiver", help="run the Storage SCP (C-MOVE destination) in the foreground")
+    d = sub.add_parser("deid-profile", help="print what the anonymiser does to each attribute")
+    d.add_argument("--format", choices=["table", "json"], default="table")
+    sub.add_parser("echo", help="C-ECHO the PACS with the configured AE titles")
+    r = sub.add_parser("run", help="run the service on this machine (Prefect server, demo PACS, Storage SCP)")
+    from deployments.run import add_arguments
+
+    add_arguments(r)
+    return parser
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError as PydanticValidationError
+
+    from studypub.settings import get_settings
+
+    try:
+        return get_settings()
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise UsageError(f"invalid configuration: {where}: {first.get('msg')}") from exc
+
+
+def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.db import get_sessionmaker, migrate
+    from studypub.dicom.receiver import port_is_free, start_receiver
+    from studypub.errors import ConfigurationError, PublicationError, ValidationError
+    from studypub.models import TaskStatus
+    from studypub.publications import PublicationRequest, get_task, request_publication, result_view
+    from studypub.storage import open_storage
+
+    settings = _settings()
+    try:
+        open_storage(settings)  # configuration check only: the upload step creates the bucket when missing
+    except ConfigurationError as exc:
+        raise UsageError(exc.reason) from exc
+    migrate(settings)
+    sessions = get_sessionmaker(settings)
+    with sessions() as session:
+        try:
+            task, _created = request_publication(
+                session,
+                settings,
+                PublicationRequest(
+                    patient_id=args.patient_id,
+                    accession_number=args.accession,
+                    clinic_code=args.clinic or settings.default_clinic_code,
+                    source="cli",
+                    save_till=args.save_till,
+                    emk_record_id=args.emk_record_id,
+                    service_title=args.service_title,
+                ),
+            )
+        except ValidationError as exc:
+            raise UsageError(exc.reason) from exc
+        task_id = task.id
+
+    def current() -> Any:
+        with sessions() as session:
+            return get_task(session, task_id)
+
+    task = current()
+    if task.status == TaskStatus.RUNNING and task.lease_until and task.lease_until.timestamp() > time.time():
+        deadline = time.monotonic() + args.wait_timeout
+        while task.status == TaskStatus.RUNNING and time.monotonic() < deadline:
+            time.sleep(1)
+            task = current()
+    if task.status != TaskStatus.COMPLETED:
+        from flows.publish import ensure_prefect_objects, publish_study
+
+        server = None
+        if settings.pacs.retrieve_method == "move" and port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
+            server = start_receiver(settings)
+        try:
+            ensure_prefect_objects(settings)
+            publish_study(task_id)
+        except PublicationError:
+            pass  # recorded on the task; reported below
+        except Exception:  # noqa: BLE001 - the run's state and reason are in the database; report them
+            pass
+        finally:
+            if server is not None:
+                server.shutdown()
+    with sessions() as session:
+        task = get_task(session, task_id)
+        view = result_view(session, settings, task)
+    _emit(out, {k: v for k, v in view.items() if k not in ("progress", "save_till")})
+    return EXIT_OK if task.status == TaskStatus.COMPLETED else EXIT_FAILED
+
+
+def cmd_migrate(_args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.db import migrate
+
+    settings = _settings()
+    migrate(settings)
+    _emit(out, {"status": "ok", "database": settings.database_url_resolved.split("@")[-1]})
+    return EXIT_OK
+
+
+def cmd_receiver(_args: argparse.Namespace, _out: IO[str]) -> int:
+    from studypub.dicom.receiver import start_receiver
+
+    start_receiver(_settings(), block=True)
+    return EXIT_OK
+
+
+def cmd_echo(_args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.dicom.scu import echo
+    from studypub.errors import PacsUnavailable
+
+    try:
+        echo(_settings())
+    except PacsUnavailable as exc:
+        _emit(out, {"status": "FAILED", "reason": exc.reason})
+        return EXIT_FAILED
+    _emit(out, {"status": "ok"})
+    return EXIT_OK
+
+
+def cmd_deid_profile(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.deid.engine import PROFILE_VERSION, Profile
+
+    rows = Profile.load().describe()
+    if args.format == "json":
+        _emit(out, {"profile_version": PROFILE_VERSION, "rules": rows})
+    else:
+        out.write(f"# {PROFILE_VERSION}\n")
+        for row in rows:
+            out.write("\t".join(str(v) for v in row.values()) + "\n")
+        out.flush()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, _out: IO[str]) -> int:
+    from deployments.run import serve_forever
+
+    return serve_forever(args, _settings())
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "publish": cmd_publish,
+    "migrate": cmd_migrate,
+    "receiver": cmd_receiver,
+    "echo": cmd_echo,
+    "deid-profile": cmd_deid_profile,
+}
+
+
+# Commands whose stdout is one JSON result; the others talk to a person.
+JSON_COMMANDS = {"publish", "migrate", "echo", "deid-profile"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_env()
+    argv = sys.argv[1:] if argv is None else argv
+    out = _stdout_for_result() if (argv[:1] and argv[0] in JSON_COMMANDS) else sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args, out)
+    except UsageError as exc:
+        _emit(out, {"task_id": None, "status": "FAILED", "step": None, "reason": str(exc)})
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""``studypub run``: the whole service on one machine with embedded defaults.
+
+Starts a local Prefect server (unless PREFECT_API_URL points at one), the demo PACS (Orthanc loaded with
+generated studies, unless --no-demo), and the Storage SCP; prints what to do next; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from studypub.logs import get_logger
+from studypub.settings import Settings
+
+log = get_logger("run")
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - a local URL we built
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_prefect_server(settings: Settings, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    home = settings.work_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    log_file = (settings.work_dir / "prefect-server.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    _wait_http(f"{api}/health", timeout=120)
+    return proc, api
+
+
+def start_demo_pacs(settings: Settings, http_port: int) -> tuple[Any, list[Any]]:
+    from studypub.demo.orthanc import OrthancServer
+    from studypub.demo.studies import demo_studies, generate_study
+
+    p = settings.pacs
+    pacs = OrthancServer(
+        settings.work_dir / "demo-pacs",
+        aet=p.called_ae,
+        dicom_port=p.port,
+        http_port=http_port,
+        modalities={"studypub": (p.calling_ae, "127.0.0.1", p.scp_port)},
+    ).start()
+    specs = demo_studies()
+    if pacs.study_count() < len(specs):
+        out = settings.work_dir / "demo-studies"
+        for spec in specs:
+            pacs.upload(generate_study(out / spec.accession_number, spec).paths)
+    return pacs, specs
+
+
+def serve_forever(args: Any, settings: Settings) -> int:
+    from flows.publish import ensure_prefect_objects
+    from studypub.db import migrate
+    from studypub.dicom.receiver import port_is_free, start_receiver
+
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    prefect_proc = None
+    pacs = None
+    receiver = None
+    try:
+        api = os.environ.get("PREFECT_API_URL")
+        if not api:
+            print("Starting the Prefect server (first start takes ~20 s)...", file=sys.stderr)
+            prefect_proc, api = start_prefect_server(settings, args.prefect_port)
+            os.environ["PREFECT_API_URL"] = api
+        specs: list[Any] = []
+        if not args.no_demo:
+            print("Starting the demo PACS (Orthanc) and loading demo studies...", file=sys.stderr)
+            pacs, specs = start_demo_pacs(settings, args.demo_http_port)
+        if not port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
+            raise SystemExit(f"port {settings.pacs.scp_port} (Storage SCP) is taken: is another studypub running?")
+        receiver = start_receiver(settings)
+        ensure_prefect_objects(settings)
+        ui = api.removesuffix("/api")
+        lines = [
+            "",
+            "StudyPublicator is running.",
+            f"  Prefect UI:       {ui}",
+            f"  PACS:             {settings.pacs.called_ae}@{settings.pacs.host}:{settings.pacs.port}"
+            + (f" (demo Orthanc, web {pacs.url})" if pacs else ""),
+            f"  Storage SCP:      {settings.pacs.calling_ae} on port {settings.pacs.scp_port}",
+            f"  Work folder:      {settings.work_dir}",
+            f"  Archives go to:   {settings.storage_url_resolved}",
+            "",
+            "Publish a study from another terminal:",
+            f"  export PREFECT_API_URL={api}",
+        ]
+        if specs:
+            spec = specs[0]
+            lines.append(
+                f"  .venv/bin/studypub publish --patient-id {spec.patient_id} --accession {spec.accession_number}"
+            )
+            lines += ["", "Demo studies (patient id / accession):"]
+            lines += [f"  {s.patient_id:<16} {s.accession_number}" for s in specs]
+        lines += ["", "Ctrl-C stops everything."]
+        print("\n".join(lines), flush=True)
+        while not stop.wait(1):
+            if prefect_proc is not None and prefect_proc.poll() is not None:
+                raise SystemExit("the Prefect server stopped; see prefect-server.log in the work folder")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("Stopping...", file=sys.stderr)
+        if receiver is not None:
+            receiver.shutdown()
+        if pacs is not None:
+            pacs.stop()
+        if prefect_proc is not None:
+            prefect_proc.terminate()
+            try:
+                prefect_proc.wait(20)
+            except subprocess.TimeoutExpired:
+                prefect_proc.kill()
+    return 0
+
+
+def add_arguments(p: Any) -> None:
+    p.add_argument("--prefect-port", type=int, default=4200, help="port of the local Prefect server")
+    p.add_argument("--demo-http-port", type=int, default=8042, help="web port of the demo Orthanc")
+    p.add_argument("--no-demo", action="store_true", help="do not start the demo PACS")
+

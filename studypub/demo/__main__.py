@@ -1,0 +1,5 @@
+import sys
+
+from studypub.demo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""Presentation contexts: the transfer syntaxes we accept without decompressing, and the storage contexts a
+C-GET proposes (only the SOP classes of the study, within the 128-context cap)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pydicom.uid import (
+    JPEGLossless as JPEGLosslessP14,
+)
+from pynetdicom import AllStoragePresentationContexts, build_context, build_role
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+MAX_CONTEXTS = 128
+
+# Order matters for C-GET proposals: the first syntaxes are proposed for every SOP class when the cap bites.
+TRANSFER_SYNTAXES: list[UID] = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    JPEGBaseline8Bit,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    JPEG2000,
+    JPEGLosslessP14,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+    DeflatedExplicitVRLittleEndian,
+    HTJ2KLossless,
+    ExplicitVRBigEndian,
+]
+
+
+# As an acceptor, pynetdicom takes the first of *our* syntaxes that the sender offers. Compressed first
+# (lossless, then lossy), so an instance stored compressed arrives as stored and nothing is decompressed;
+# a sender that cannot transcode (dcmtk's dcmqrscp) is never asked to.
+SCP_TRANSFER_SYNTAXES: list[UID] = [
+    JPEGLosslessSV1,
+    JPEGLosslessP14,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    HTJ2KLossless,
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+
+
+def storage_scp_contexts() -> list[PresentationContext]:
+    """Every storage SOP class, with every syntax we keep as sent (for the Storage SCP)."""
+    return [build_context(cx.abstract_syntax, SCP_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+
+
+def get_contexts(sop_classes: Iterable[str]) -> tuple[list[PresentationContext], list]:
+    """Contexts and SCP/SCU role selections for a C-GET of a study with these SOP classes.
+
+    One context per (SOP class, transfer syntax) so the PACS can send each instance as stored; when the
+    study has many SOP classes, fewer syntaxes per class are proposed to stay within 128 contexts.
+    """
+    classes = sorted({str(c) for c in sop_classes if c})
+    if not classes:
+        raise ValueError("no SOP classes to retrieve")
+    budget = MAX_CONTEXTS - 1  # one context for the Q/R GET model itself
+    if len(classes) > budget:
+        raise ValueError(f"{len(classes)} SOP classes exceed the {MAX_CONTEXTS}-context cap")
+    per_class = max(1, min(len(TRANSFER_SYNTAXES), budget // len(classes)))
+    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
+    roles = []
+    for sop_class in classes:
+        if per_class >= 3:
+            for ts in TRANSFER_SYNTAXES[:per_class]:
+                contexts.append(build_context(sop_class, [ts]))
+        else:
+            # Tight budget: one context with all syntaxes (the PACS picks one), plus the default.
+            contexts.append(build_context(sop_class, TRANSFER_SYNTAXES))
+            if per_class == 2:
+                contexts.append(build_context(sop_class, [ImplicitVRLittleEndian]))
+        roles.append(build_role(sop_class, scp_role=True))
+    return contexts, roles

@@ -1,0 +1,152 @@
+"""The Storage SCP that the PACS sends C-MOVE results to, and the C-STORE handler shared with C-GET.
+
+One process listens on the service's AE port. Each retrieval registers its study in the work dir
+(``receiving/<routing key>``, a key derived from the StudyInstanceUID with the service secret, so no
+identifier appears in a file name); the receiver files each incoming instance into the spool of the
+publication that registered its study, and refuses instances nobody asked for. Instances are written as
+received (no decoding), atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+
+from studypub.dicom.contexts import storage_scp_contexts
+from studypub.logs import get_logger
+from studypub.settings import Settings
+
+log = get_logger("dicom.receiver")
+
+STATUS_SUCCESS = 0x0000
+STATUS_NOT_AUTHORISED = 0x0124  # refused: an instance of a study no publication is retrieving
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STUDY_INSTANCE_UID = 0x0020000D
+
+
+def routing_key(secret: bytes, study_uid: str) -> str:
+    return hmac.new(secret, b"study:" + study_uid.encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def instance_file_name(secret: bytes, sop_instance_uid: str) -> str:
+    return hmac.new(secret, b"sop:" + sop_instance_uid.encode(), hashlib.sha256).hexdigest()[:40] + ".dcm"
+
+
+def write_instance(event: Event, dest_dir: Path, secret: bytes) -> Path:
+    """Write a received instance, as sent, into ``dest_dir`` under a name that carries no identifier."""
+    sop_uid = str(event.request.AffectedSOPInstanceUID)
+    final = dest_dir / instance_file_name(secret, sop_uid)
+    tmp = final.with_suffix(f".{os.getpid()}.{id(event)}.part")
+    with tmp.open("wb") as fh:
+        fh.write(event.encoded_dataset())
+    tmp.replace(final)
+    return final
+
+
+@dataclass
+class Registry:
+    """Study → spool folder registrations, shared through the work dir by every process on the machine."""
+
+    root: Path
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, study_uid: str) -> Path:
+        return self.root / routing_key(self.secret, study_uid)
+
+    def register(self, study_uid: str, dest_dir: Path) -> None:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        path = self._path(study_uid)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"dir": str(dest_dir)}))
+        tmp.replace(path)
+
+    def unregister(self, study_uid: str) -> None:
+        self._path(study_uid).unlink(missing_ok=True)
+
+    def lookup(self, study_uid: str) -> Path | None:
+        try:
+            return Path(json.loads(self._path(study_uid).read_text())["dir"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+
+def study_uid_of(encoded: bytes) -> str | None:
+    ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=[STUDY_INSTANCE_UID], force=True)
+    value = ds.get("StudyInstanceUID")
+    return str(value) if value else None
+
+
+def make_store_handler(registry: Registry) -> Callable[[Event], int]:
+    def handle_store(event: Event) -> int:
+        try:
+            encoded = event.encoded_dataset(include_meta=False)
+            study_uid = study_uid_of(encoded)
+        except Exception:
+            log.warning("Refused an instance that could not be parsed")
+            return STATUS_CANNOT_UNDERSTAND
+        dest = registry.lookup(study_uid) if study_uid else None
+        if dest is None:
+            log.warning("Refused an instance of a study that no publication is retrieving")
+            return STATUS_NOT_AUTHORISED
+        try:
+            write_instance(event, dest, registry.secret)
+        except OSError:
+            log.exception("Could not write a received instance")
+            return STATUS_OUT_OF_RESOURCES
+        return STATUS_SUCCESS
+
+    return handle_store
+
+
+def make_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.pacs.calling_ae)
+    ae.maximum_pdu_size = settings.pacs.max_pdu
+    ae.acse_timeout = settings.pacs.acse_timeout
+    ae.dimse_timeout = settings.pacs.dimse_timeout
+    ae.network_timeout = settings.pacs.network_timeout
+    return ae
+
+
+def registry_for(settings: Settings) -> Registry:
+    return Registry(settings.work_dir / "receiving", settings.secret_bytes())
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_receiver(settings: Settings, *, block: bool = False):  # type: ignore[no-untyped-def]
+    """Start the Storage SCP on ``pacs.scp_bind:pacs.scp_port``. Returns the server (non-blocking mode)."""
+    ae = make_ae(settings)
+    ae.supported_contexts = storage_scp_contexts()
+    ae.add_supported_context(Verification)
+    handlers = [(evt.EVT_C_STORE, make_store_handler(registry_for(settings)))]
+    log.info(
+        "Storage SCP listening",
+        extra={"details": {"ae": settings.pacs.calling_ae, "port": settings.pacs.scp_port}},
+    )
+    return ae.start_server(
+        (settings.pacs.scp_bind, settings.pacs.scp_port), block=block, evt_handlers=handlers
+    )

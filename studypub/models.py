@@ -1,0 +1,236 @@
+"""SQLAlchemy 2 models. Every row that belongs to a clinic carries ``clinic_code``.
+
+``tasks`` is the processing queue and the request (one row per publication). The PID and accession live
+here only; Prefect sees the task id alone. ``published_studies`` is the result, one row per task once the
+archive is in storage. The link key is issued with the task and never changes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores naive values; PostgreSQL timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+    DELETED = "DELETED"
+
+
+ACTIVE_STATUSES = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.COMPLETED, TaskStatus.FAILED)
+
+
+class Step(enum.StrEnum):
+    FIND = "find"
+    RETRIEVE = "retrieve"
+    ANONYMISE = "anonymise"
+    ZIP = "zip"
+    UPLOAD = "upload"
+    LINK = "link"
+
+
+STEP_ORDER = list(Step)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    clinic_code: Mapped[str] = mapped_column(String(64), index=True)
+    # The request. Identifiers may be erased (NULL) after retention, the row stays for the audit trail.
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    emk_record_id: Mapped[str | None] = mapped_column(String(64))
+    service_code: Mapped[str | None] = mapped_column(String(64))
+    service_title: Mapped[str | None] = mapped_column(String(512))
+    study_date: Mapped[datetime | None]
+    save_till: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(16))  # mis | manual | cli
+    # Processing state.
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED, index=True)
+    step: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    progress_received: Mapped[int | None] = mapped_column(Integer)
+    progress_expected: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    # Fixed at request time, never change.
+    link_key: Mapped[str] = mapped_column(String(64), unique=True)
+    uid_salt: Mapped[str] = mapped_column(String(64))
+    object_key: Mapped[str | None] = mapped_column(String(256), unique=True)
+    profile_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    publication: Mapped[PublishedStudy | None] = relationship(back_populates="task", uselist=False)
+    steps: Mapped[list[TaskStep]] = relationship(
+        back_populates="task", lazy="selectin", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def checkpoints(self) -> dict[str, Any]:
+        """What each finished step produced (a re-run resumes after the last one)."""
+        return {s.step: s.data for s in self.steps}
+
+    __table_args__ = (
+        # One live publication per study and clinic; expired/deleted ones make room for a new one.
+        Index(
+            "uq_tasks_active_study",
+            "clinic_code",
+            "patient_id",
+            "accession_number",
+            unique=True,
+            sqlite_where=text("status NOT IN ('EXPIRED', 'DELETED')"),
+            postgresql_where=text("status NOT IN ('EXPIRED', 'DELETED')"),
+        ),
+        Index("ix_tasks_accession", "accession_number"),
+        Index("ix_tasks_patient", "patient_id"),
+    )
+
+
+class TaskStep(Base):
+    """A finished step of a publication and what it produced (one row per step, so steps that run at the
+    same time never overwrite each other's record)."""
+
+    __tablename__ = "task_steps"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[str] = mapped_column(String(16), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    task: Mapped[Task] = relationship(back_populates="steps")
+
+
+class PublishedStudy(Base):
+    __tablename__ = "published_studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), unique=True)
+    clinic_code: Mapped[str] = mapped_column(String(64), index=True)
+    storage_url: Mapped[str] = mapped_column(String(512))  # the storage root it was written to
+    object_key: Mapped[str] = mapped_column(String(256), unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    instances: Mapped[int] = mapped_column(Integer)
+    withheld: Mapped[int] = mapped_column(Integer, default=0)
+    series: Mapped[int] = mapped_column(Integer, default=0)
+    modalities: Mapped[str | None] = mapped_column(String(64))
+    profile_version: Mapped[str] = mapped_column(String(64))
+    upload_date: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+    last_download_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+
+    task: Mapped[Task] = relationship(back_populates="publication")
+
+
+class ManualRequest(Base):
+    __tablename__ = "manual_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    clinic_code: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    clinic_code: Mapped[str] = mapped_column(String(64), index=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))  # administrator | registrator
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Setting(Base):
+    """Values an administrator saved; they override the environment's defaults for those fields."""
+
+    __tablename__ = "settings"
+
+    clinic_code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEvent(Base):
+    """Who did what and when. Details carry ids and counts, not identities."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    clinic_code: Mapped[str | None] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(64))  # user name, "mis:<key name>", "system", "cli"
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,323 @@
+"""The publication lifecycle in the app's database: record a request (idempotently), claim it for a run,
+record step checkpoints and progress, fail it with a readable reason, complete it.
+
+Used by the CLI and the API (which record requests) and by the flow's tasks (which advance them). No Prefect
+here: plain functions over a SQLAlchemy session.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from studypub.errors import NotFound, StudyPubError, ValidationError
+from studypub.models import (
+    ACTIVE_STATUSES,
+    STEP_ORDER,
+    AuditEvent,
+    PublishedStudy,
+    Step,
+    Task,
+    TaskStatus,
+    TaskStep,
+    utcnow,
+)
+from studypub.settings import Settings
+
+LEASE_SECONDS = 120
+MAX_IDENTIFIER_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class PublicationRequest:
+    patient_id: str
+    accession_number: str
+    clinic_code: str
+    source: str  # mis | manual | cli
+    save_till: datetime | None = None
+    emk_record_id: str | None = None
+    service_code: str | None = None
+    service_title: str | None = None
+    study_date: datetime | None = None
+
+
+def link_url(settings: Settings, link_key: str) -> str:
+    return f"{settings.links.public_base_url.rstrip('/')}/s/{link_key}"
+
+
+def new_link_key(settings: Settings) -> str:
+    return secrets.token_urlsafe(settings.links.key_bytes)
+
+
+def new_object_key() -> str:
+    return f"archives/{secrets.token_hex(16)}.zip"
+
+
+def _validate_identifier(name: str, value: str) -> str:
+    value = (value or "").strip()
+    if not value:
+        raise ValidationError(f"{name} is required")
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        raise ValidationError(f"{name} is longer than {MAX_IDENTIFIER_LENGTH} characters")
+    if any(ord(c) < 32 or c in "\\*?" for c in value):
+        raise ValidationError(f"{name} contains characters that DICOM queries cannot carry")
+    return value
+
+
+def resolve_save_till(settings: Settings, save_till: datetime | None, *, now: datetime | None = None) -> datetime:
+    now = now or utcnow()
+    if save_till is None:
+        return now + timedelta(days=settings.links.default_retention_days)
+    if save_till.tzinfo is None:
+        raise ValidationError("save_till_date needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)")
+    if save_till <= now:
+        raise ValidationError("save_till_date is in the past")
+    if save_till > now + timedelta(days=settings.links.max_retention_days):
+        raise ValidationError(f"save_till_date is beyond the maximum retention of {settings.links.max_retention_days} days")
+    return save_till
+
+
+def find_active(session: Session, clinic_code: str, patient_id: str, accession_number: str) -> Task | None:
+    return session.scalars(
+        select(Task).where(
+            Task.clinic_code == clinic_code,
+            Task.patient_id == patient_id,
+            Task.accession_number == accession_number,
+            Task.status.in_(ACTIVE_STATUSES),
+        )
+    ).first()
+
+
+def request_publication(session: Session, settings: Settings, req: PublicationRequest) -> tuple[Task, bool]:
+    """Record a request, or return the live publication of the same study. Returns (task, created).
+
+    Concurrent identical requests produce one row: the partial unique index decides the race.
+    """
+    pid = _validate_identifier("patient_id", req.patient_id)
+    acsn = _validate_identifier("accession_number", req.accession_number)
+    existing = find_active(session, req.clinic_code, pid, acsn)
+    if existing is not None:
+        return existing, False
+    save_till = resolve_save_till(settings, req.save_till)
+    task = Task(
+        id=str(uuid.uuid4()),
+        clinic_code=req.clinic_code,
+        patient_id=pid,
+        accession_number=acsn,
+        emk_record_id=req.emk_record_id,
+        service_code=req.service_code,
+        service_title=req.service_title,
+        study_date=req.study_date,
+        save_till=save_till,
+        source=req.source,
+        status=TaskStatus.QUEUED,
+        step=Step.FIND,
+        link_key=new_link_key(settings),
+        uid_salt=secrets.token_hex(16),
+        object_key=new_object_key(),
+        attempts=0,
+    )
+    session.add(task)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        existing = find_active(session, req.clinic_code, pid, acsn)
+        if existing is None:
+            raise
+        return existing, False
+    audit(session, actor=req.source, action="publication.requested", task=task)
+    session.commit()
+    return task, True
+
+
+def get_task(session: Session, task_id: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound("no such task")
+    return task
+
+
+def claim(session: Session, task_id: str, owner: str, *, lease_seconds: int = LEASE_SECONDS) -> bool:
+    """Take the task for a run: it must be queued, failed, or running under an expired lease (a crashed run)
+    or under this same owner (a retry of the same flow run). False when another live run holds it."""
+    now = utcnow()
+    result = session.execute(
+        update(Task)
+        .where(
+            Task.id == task_id,
+            or_(
+                Task.status.in_([TaskStatus.QUEUED, TaskStatus.FAILED]),
+                and_(
+                    Task.status == TaskStatus.RUNNING,
+                    or_(Task.lease_until.is_(None), Task.lease_until < now, Task.lease_owner == owner),
+                ),
+            ),
+        )
+        .values(
+            status=TaskStatus.RUNNING,
+            lease_owner=owner,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            attempts=Task.attempts + 1,
+            started_at=now,
+            finished_at=None,
+            reason=None,
+            error_code=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)
+
+
+def renew_lease(session: Session, task_id: str, owner: str, *, lease_seconds: int = LEASE_SECONDS) -> None:
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.lease_owner == owner, Task.status == TaskStatus.RUNNING)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def set_flow_run(session: Session, task_id: str, flow_run_id: str | None) -> None:
+    session.execute(update(Task).where(Task.id == task_id).values(flow_run_id=flow_run_id))
+    session.commit()
+
+
+def _next_step(done: set[str]) -> str:
+    for step in STEP_ORDER:
+        if step.value not in done:
+            return step.value
+    return Step.LINK.value
+
+
+def _refresh_step(session: Session, task_id: str) -> None:
+    done = set(session.scalars(select(TaskStep.step).where(TaskStep.task_id == task_id)))
+    session.execute(update(Task).where(Task.id == task_id).values(step=_next_step(done), updated_at=utcnow()))
+
+
+def save_checkpoint(session: Session, task_id: str, step: Step, data: dict[str, Any]) -> None:
+    """Record what a finished step produced; ``step`` becomes the first unfinished one."""
+    session.execute(delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step == step.value))
+    session.add(TaskStep(task_id=task_id, step=step.value, data=data))
+    session.flush()
+    _refresh_step(session, task_id)
+    session.commit()
+
+
+def drop_checkpoints(session: Session, task_id: str, steps: list[Step]) -> None:
+    session.execute(
+        delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step.in_([s.value for s in steps]))
+    )
+    _refresh_step(session, task_id)
+    session.commit()
+
+
+def set_progress(session: Session, task_id: str, received: int | None, expected: int | None) -> None:
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id)
+        .values(progress_received=received, progress_expected=expected)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def fail(session: Session, task_id: str, exc: BaseException) -> Task:
+    """Mark the task FAILED with a reason a registrator can read. Unknown errors are named by type only:
+    their text may carry DICOM contents."""
+    task = get_task(session, task_id)
+    if isinstance(exc, StudyPubError):
+        reason, code = exc.reason, exc.code
+    else:
+        reason, code = f"Unexpected error ({type(exc).__name__}); operators: see the Prefect run", "internal_error"
+    task.status = TaskStatus.FAILED
+    task.reason = f"{task.step or 'start'}: {reason}"
+    task.error_code = code
+    task.finished_at = utcnow()
+    task.lease_owner = None
+    task.lease_until = None
+    audit(session, actor="system", action="publication.failed", task=task, details={"error_code": code})
+    session.commit()
+    return task
+
+
+def complete(
+    session: Session, settings: Settings, task_id: str, *, archive: dict[str, Any], profile_version: str
+) -> PublishedStudy:
+    """The link step: the archive is in storage; record the publication and mark the task COMPLETED."""
+    task = get_task(session, task_id)
+    pub = session.scalars(select(PublishedStudy).where(PublishedStudy.task_id == task_id)).first()
+    if pub is None:
+        pub = PublishedStudy(task_id=task_id, clinic_code=task.clinic_code, downloads=0)
+        session.add(pub)
+    pub.storage_url = settings.storage_url_resolved
+    pub.object_key = task.object_key or ""
+    pub.size_bytes = int(archive["size_bytes"])
+    pub.sha256 = archive["sha256"]
+    pub.instances = int(archive["instances"])
+    pub.withheld = int(archive.get("withheld", 0))
+    pub.series = int(archive.get("series", 0))
+    pub.modalities = ",".join(archive.get("modalities", []))[:64] or None
+    pub.profile_version = profile_version
+    pub.upload_date = utcnow()
+    task.profile_version = profile_version
+    task.status = TaskStatus.COMPLETED
+    task.step = Step.LINK
+    session.execute(delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step == Step.LINK.value))
+    session.add(TaskStep(task_id=task_id, step=Step.LINK.value, data={"ready": True}))
+    task.reason = None
+    task.error_code = None
+    task.finished_at = utcnow()
+    task.lease_owner = None
+    task.lease_until = None
+    audit(session, actor="system", action="publication.completed", task=task, details={"instances": pub.instances})
+    session.commit()
+    return pub
+
+
+def audit(
+    session: Session, *, actor: str, action: str, task: Task | None = None, details: dict[str, Any] | None = None
+) -> None:
+    session.add(
+        AuditEvent(
+            actor=actor,
+            action=action,
+            clinic_code=task.clinic_code if task else None,
+            task_id=task.id if task else None,
+            details=details or {},
+        )
+    )
+
+
+def result_view(session: Session, settings: Settings, task: Task) -> dict[str, Any]:
+    """What a caller is told about a publication (CLI JSON, API): ids, state, link, sizes. No PHI beyond the
+    request's own identifiers, which the caller sent."""
+    pub = session.scalars(select(PublishedStudy).where(PublishedStudy.task_id == task.id)).first()
+    checkpoints = task.checkpoints or {}
+    anon = checkpoints.get(Step.ANONYMISE.value, {})
+    view: dict[str, Any] = {
+        "task_id": task.id,
+        "status": task.status,
+        "step": task.step,
+        "reason": task.reason,
+        "link": link_url(settings, task.link_key),
+        "object_key": task.object_key,
+        "size_bytes": pub.size_bytes if pub else None,
+        "instances": pub.instances if pub else anon.get("instances"),
+        "withheld": pub.withheld if pub else anon.get("withheld"),
+        "progress": {"received": task.progress_received, "expected": task.progress_expected},
+        "save_till": task.save_till.isoformat(),
+    }
+    if task.status != TaskStatus.FAILED:
+        view.pop("reason")
+    return view

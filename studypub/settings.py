@@ -1,0 +1,190 @@
+"""One settings object, sub-models per concern, loaded from the environment (prefix ``STUDYPUB_``,
+nested delimiter ``__``) and an optional ``.env`` file.
+
+Every command asks only for the secrets it uses: storage credentials are checked when storage is opened,
+not here. In production, placeholder secrets are refused outright.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "changethis", "secret", "password", "minioadmin"})
+
+
+def _default_work_dir() -> Path:
+    return Path.home() / ".local" / "share" / "studypublicator"
+
+
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite in the work dir. PostgreSQL: postgresql+psycopg2://..."
+    )
+    pool_size: int = Field(5, ge=1, le=100, description="Connection pool size (PostgreSQL).")
+    echo: bool = Field(False, description="Log SQL statements (never in production: they carry identifiers).")
+
+
+class PacsSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Host name or address of the PACS (DICOM Query/Retrieve SCP).")
+    port: int = Field(4242, ge=1, le=65535, description="DICOM port of the PACS.")
+    called_ae: str = Field("ORTHANC", max_length=16, description="AE title of the PACS.")
+    calling_ae: str = Field(
+        "STUDYPUB",
+        max_length=16,
+        description="This service's own AE title; also the C-MOVE destination the PACS must know.",
+    )
+    scp_port: int = Field(11113, ge=1, le=65535, description="Port of the service's Storage SCP (C-MOVE target).")
+    scp_bind: str = Field("0.0.0.0", description="Address the Storage SCP listens on.")
+    retrieve_method: Literal["move", "get"] = Field("move", description="C-MOVE (default) or C-GET.")
+    max_pdu: int = Field(
+        4 * 1024 * 1024, ge=0, description="Maximum PDU size we accept (bytes); 0 means unlimited."
+    )
+    acse_timeout: float = Field(30, gt=0, description="Association set-up timeout, seconds.")
+    dimse_timeout: float = Field(600, gt=0, description="Timeout waiting for a DIMSE response, seconds.")
+    network_timeout: float = Field(120, gt=0, description="Idle network timeout, seconds.")
+    find_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts to find a study that is not (yet) in the PACS before failing."
+    )
+    find_retry_delay: float = Field(20, ge=0, description="Seconds between those attempts.")
+    max_concurrent_retrievals: int = Field(
+        2, ge=1, le=32, description="At most this many retrievals run against the PACS at once."
+    )
+    receive_timeout: float = Field(
+        60, gt=0, description="After the final C-MOVE response, wait this long for stragglers (seconds)."
+    )
+
+
+class StorageSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description="Where archives go: s3://bucket/prefix or file:///path. Default: a folder in the work dir.",
+    )
+    endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, other S3-compatible); empty for AWS.")
+    access_key_id: SecretStr | None = Field(None, description="S3 access key id.")
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    region: str = Field("us-east-1", description="S3 region.")
+    upload_part_size: int = Field(
+        8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size (bytes, at least 5 MiB)."
+    )
+    presign_seconds: int = Field(300, ge=10, le=604800, description="Life of a presigned download URL.")
+
+
+class LinkSettings(BaseModel):
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL patients reach; links are <base>/s/<key>."
+    )
+    default_retention_days: int = Field(30, ge=1, le=3650, description="Storage period when none is given.")
+    max_retention_days: int = Field(365, ge=1, le=36500, description="Longest storage period allowed.")
+    key_bytes: int = Field(16, ge=16, le=64, description="Random bytes in a link key (16 bytes = 128 bits).")
+
+
+class DeidSettings(BaseModel):
+    burned_in_policy: Literal["withhold", "include", "fail"] = Field(
+        "withhold",
+        description=(
+            "Instances that may show identity in their pixels (BurnedInAnnotation=YES, encapsulated documents): "
+            "withhold them from the archive (default), include them, or fail the publication."
+        ),
+    )
+    retain_patient_characteristics: bool = Field(
+        False, description="PS3.15 option: keep sex, age, size, weight (off by default)."
+    )
+    retain_device_identity: bool = Field(False, description="PS3.15 option: keep device identity (off).")
+    workers: int = Field(0, ge=0, le=64, description="Anonymiser processes; 0 means one per CPU core.")
+
+
+class ArchiveSettings(BaseModel):
+    compression: Literal["deflate", "stored"] = Field("deflate", description="ZIP compression method.")
+    compress_level: int = Field(1, ge=0, le=9, description="Deflate level (1 is fast, 9 is small).")
+
+
+class PrefectSettings(BaseModel):
+    ui_url: str | None = Field(None, description="Prefect UI address shown to staff (links to runs).")
+    task_retries: int = Field(3, ge=0, le=20, description="Retries of a failed step (network, storage).")
+    task_retry_delay: float = Field(5, ge=0, description="Initial delay between retries (seconds, doubles).")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STUDYPUB_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    env: Literal["development", "production"] = Field("development", description="Deployment environment.")
+    work_dir: Path = Field(
+        default_factory=_default_work_dir,
+        description="Folder for the SQLite database, spools, archives in progress, and local storage.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Secret for UID generation and signing. Development generates one in the work dir; "
+            "production requires it."
+        ),
+    )
+    default_clinic_code: str = Field("default", description="Clinic of manual and CLI requests.")
+    min_free_disk_mb: int = Field(
+        1024, ge=0, description="Free space required in the work dir beyond three times the study size (MiB)."
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    pacs: PacsSettings = Field(default_factory=PacsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    links: LinkSettings = Field(default_factory=LinkSettings)
+    deid: DeidSettings = Field(default_factory=DeidSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_in_production(self) -> Settings:
+        if self.links.max_retention_days < self.links.default_retention_days:
+            raise ValueError("links.max_retention_days must be at least links.default_retention_days")
+        if self.env != "production":
+            return self
+        if self.secret_key is None:
+            raise ValueError("STUDYPUB_SECRET_KEY is required in production")
+        for name, value in (
+            ("STUDYPUB_SECRET_KEY", self.secret_key),
+            ("STUDYPUB_STORAGE__SECRET_ACCESS_KEY", self.storage.secret_access_key),
+        ):
+            if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"{name} is a placeholder; set a real secret in production")
+        if len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("STUDYPUB_SECRET_KEY must be at least 32 characters in production")
+        return self
+
+    # Derived values -------------------------------------------------------------------------------------
+    @property
+    def database_url_resolved(self) -> str:
+        return self.database.url or f"sqlite:///{self.work_dir / 'studypub.db'}"
+
+    @property
+    def storage_url_resolved(self) -> str:
+        return self.storage.url or (self.work_dir / "storage").resolve().as_uri()
+
+    def secret_bytes(self) -> bytes:
+        """The service secret. In development a random one is created once and kept in the work dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.work_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

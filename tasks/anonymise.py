@@ -1,0 +1,137 @@
+"""Step 3, anonymise: every received instance through the PS3.15 Annex E profile (studypub.deid), as the
+instances arrive. Work is spread over a process pool (the engine is pure Python); each output is verified
+by the engine before it is kept (fail closed)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from collections import Counter
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from studypub.deid.engine import PROFILE_VERSION, DeidOptions, StudyAnonymiser
+from studypub.errors import AnonymisationFailed
+from studypub.logs import details, get_logger
+from studypub.models import Step
+from studypub.publications import save_checkpoint
+from studypub.settings import Settings
+from studypub.spool import WorkPaths, clear_done, follow_files, mark_done, read_done
+from tasks.common import TASK_DEFAULTS, step_context
+
+log = get_logger("tasks.anonymise")
+
+POOL_THRESHOLD = 32  # below this many instances a pool costs more than it saves
+_worker: StudyAnonymiser | None = None
+
+
+def uid_key(settings: Settings, uid_salt: str) -> bytes:
+    """Per-publication key for new UIDs: from the service secret, not a plain hash of the original."""
+    return hmac.new(settings.secret_bytes(), b"uid:" + uid_salt.encode(), hashlib.sha256).digest()
+
+
+def deid_options(settings: Settings) -> DeidOptions:
+    d = settings.deid
+    return DeidOptions(
+        burned_in_policy=d.burned_in_policy,
+        retain_patient_characteristics=d.retain_patient_characteristics,
+        retain_device_identity=d.retain_device_identity,
+    )
+
+
+def _init_worker(key: bytes, options: DeidOptions) -> None:
+    global _worker
+    _worker = StudyAnonymiser(key, options)
+
+
+def _anonymise_one(src: str, dst: str) -> tuple[bool, str | None]:
+    assert _worker is not None
+    outcome = _worker.anonymise_file(Path(src), Path(dst))
+    return bool(outcome.withheld), outcome.withheld_reason
+
+
+def anonymise_spool(
+    settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None
+) -> dict[str, Any]:
+    """Anonymise every file that appears in ``paths.raw`` (until retrieval is done) into ``paths.clean``."""
+    options = deid_options(settings)
+    workers = settings.deid.workers or os.cpu_count() or 1
+    written = 0
+    withheld: Counter[str] = Counter()
+    started = time.monotonic()
+
+    def account(result: tuple[bool, str | None]) -> None:
+        nonlocal written
+        was_withheld, reason = result
+        if was_withheld:
+            withheld[reason or "withheld"] += 1
+        else:
+            written += 1
+
+    def wrap(exc: BaseException) -> AnonymisationFailed:
+        if isinstance(exc, AnonymisationFailed):
+            return exc
+        return AnonymisationFailed(f"an instance could not be anonymised safely ({type(exc).__name__})")
+
+    use_pool = workers > 1 and (expected or 0) >= POOL_THRESHOLD
+    if not use_pool:
+        _init_worker(key, options)
+        try:
+            for src in follow_files(paths.raw, paths, "raw"):
+                account(_anonymise_one(str(src), str(paths.clean / src.name)))
+        except Exception as exc:
+            raise wrap(exc) from exc
+    else:
+        pending: list[Future[tuple[bool, str | None]]] = []
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(key, options)) as pool:
+            try:
+                for src in follow_files(paths.raw, paths, "raw"):
+                    pending.append(pool.submit(_anonymise_one, str(src), str(paths.clean / src.name)))
+                    while len(pending) > workers * 8:
+                        account(pending.pop(0).result())
+                for fut in pending:
+                    account(fut.result())
+            except Exception as exc:
+                for fut in pending:
+                    fut.cancel()
+                raise wrap(exc) from exc
+    seconds = time.monotonic() - started
+    return {
+        "instances": written,
+        "withheld": sum(withheld.values()),
+        "withheld_reasons": dict(withheld),
+        "seconds": round(seconds, 3),
+        "profile_version": PROFILE_VERSION,
+    }
+
+
+@task(name="anonymise", retries=0, **TASK_DEFAULTS)
+def anonymise(task_id: str) -> int:
+    """Deterministic local work: a failure is final for this run (a re-run resumes from here)."""
+    with step_context(task_id) as ctx:
+        done = read_done(ctx.paths, "clean")
+        if done is not None:
+            return int(done["instances"])
+        ctx.paths.create()
+        clear_done(ctx.paths, "clean")
+        expected = (ctx.task.checkpoints.get(Step.FIND.value) or {}).get("instances")
+        result = anonymise_spool(ctx.settings, uid_key(ctx.settings, ctx.task.uid_salt), ctx.paths, expected=expected)
+        if result["instances"] == 0:
+            raise AnonymisationFailed(
+                f"nothing left to publish: all {result['withheld']} instances were withheld by the burned-in policy"
+            )
+        mark_done(ctx.paths, "clean", result)
+        save_checkpoint(ctx.session, task_id, Step.ANONYMISE, result)
+        log.info(
+            "Study anonymised",
+            extra=details(task_id=task_id, acsn=ctx.task.accession_number, instances=result["instances"],
+                          withheld=result["withheld"], seconds=result["seconds"]),
+        )
+        return int(result["instances"])

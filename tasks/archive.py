@@ -1,0 +1,194 @@
+"""Step 4, zip: the anonymised instances into a ZIP with a DICOMDIR (pydicom's FileSet) and a short note in
+Russian and English, written as the instances arrive.
+
+The ZIP is written strictly sequentially (data descriptors, no seeking back), so the upload step can stream
+it while it grows. Entry names are the File-set's own File IDs (PT000000/ST000000/SE000000/IM000000), which
+pydicom assigns by position and which therefore do not change as instances are added; they carry no PHI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+from prefect import task
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.fileset import FileSet
+
+from studypub.errors import PublicationError
+from studypub.logs import details, get_logger
+from studypub.models import Step
+from studypub.publications import save_checkpoint
+from studypub.settings import Settings
+from studypub.spool import WorkPaths, clear_done, follow_files, mark_done, read_done
+from tasks.common import TASK_DEFAULTS, step_context
+
+log = get_logger("tasks.archive")
+
+CHUNK = 1024 * 1024
+ZIP64_THRESHOLD = 1 << 30
+NOTE_NAME = "README.txt"
+
+# Type 1 in DICOMDIR records; the profile may leave them empty in the instances. Dummy values are used in the
+# directory records only (never identifying).
+_RECORD_DUMMIES = {
+    "PatientID": "ANONYMOUS",
+    "StudyDate": "19000101",
+    "StudyTime": "000000",
+    "StudyID": "1",
+    "Modality": "OT",
+}
+
+
+class AppendOnlyWriter(io.RawIOBase):
+    """Presents a file to zipfile as an unseekable stream (so it writes sequentially) and hashes it."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self._pos = 0
+        self.sha256 = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._fh.write(data)
+        self.sha256.update(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def note_text(instances: int, withheld: int, series: int) -> str:
+    lines = [
+        "Ваше исследование / Your imaging study",
+        "",
+        f"Изображений: {instances}; серий: {series}.",
+        f"Images: {instances}; series: {series}.",
+    ]
+    if withheld:
+        lines += [
+            "",
+            f"{withheld} изображ. не включены: на них самих могут быть видны персональные данные "
+            "(например, надписи на снимке). Их можно получить в клинике.",
+            f"{withheld} image(s) were left out because the image itself may show personal data "
+            "(e.g. text burned into the picture). The clinic can provide them.",
+        ]
+    lines += [
+        "",
+        "Как открыть:",
+        "1. Распакуйте архив.",
+        "2. Откройте файл DICOMDIR в программе просмотра DICOM (например, RadiAnt, MicroDicom, Weasis,"
+        " OsiriX/Horos на Mac) или передайте архив врачу.",
+        "Персональные данные удалены из файлов (DICOM PS3.15, приложение E).",
+        "",
+        "How to open:",
+        "1. Unzip the archive.",
+        "2. Open the DICOMDIR file in a DICOM viewer (e.g. RadiAnt, MicroDicom, Weasis, OsiriX/Horos on a Mac),"
+        " or give the archive to your doctor.",
+        "Personal data has been removed from the files (DICOM PS3.15, Annex E).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _record_copy(path: Path) -> Dataset:
+    ds = dcmread(path, stop_before_pixels=True)
+    for keyword, dummy in _RECORD_DUMMIES.items():
+        if not str(ds.get(keyword) or "").strip():
+            setattr(ds, keyword, dummy)
+    if ds.get("SeriesNumber") in (None, ""):
+        ds.SeriesNumber = 1
+    if ds.get("InstanceNumber") in (None, ""):
+        ds.InstanceNumber = 1
+    return ds
+
+
+def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
+    """Write ``paths.archive`` from ``paths.clean`` as files arrive; returns size, sha256 and counts."""
+    method = zipfile.ZIP_DEFLATED if settings.archive.compression == "deflate" else zipfile.ZIP_STORED
+    level = settings.archive.compress_level if method == zipfile.ZIP_DEFLATED else None
+    fileset = FileSet()
+    entries: dict[str, str] = {}  # SOPInstanceUID (new, anonymised) -> entry name
+    modalities: set[str] = set()
+    series: set[str] = set()
+    extra = 0
+    started = time.monotonic()
+    paths.archive.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=paths.root) as tmp, paths.archive.open("wb") as raw:
+        writer = AppendOnlyWriter(raw)
+        with zipfile.ZipFile(writer, "w", compression=method, compresslevel=level) as zf:
+            for src in follow_files(paths.clean, paths, "clean"):
+                ds = _record_copy(src)
+                try:
+                    name = fileset.add(ds).FileID.replace("\\", "/")
+                except (KeyError, ValueError):
+                    # No directory record type fits this instance: keep it, outside the File-set.
+                    extra += 1
+                    name = f"EXTRA/IM{extra:06d}"
+                entries[str(ds.SOPInstanceUID)] = name
+                modalities.add(str(ds.get("Modality") or "OT"))
+                series.add(str(ds.get("SeriesInstanceUID") or ""))
+                size = src.stat().st_size
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = method
+                info.external_attr = 0o644 << 16
+                with src.open("rb") as fin, zf.open(info, "w", force_zip64=size > ZIP64_THRESHOLD) as fout:
+                    shutil.copyfileobj(fin, fout, CHUNK)
+            if not entries:
+                raise PublicationError("no anonymised instance to archive")
+            fileset.write(tmp)
+            for instance in fileset:
+                if entries.get(str(instance.SOPInstanceUID)) != instance.FileID.replace("\\", "/"):
+                    raise PublicationError("the DICOMDIR does not match the archive's file names")
+            clean_done = read_done(paths, "clean") or {}
+            withheld = int(clean_done.get("withheld", 0))
+            zf.write(Path(tmp) / "DICOMDIR", "DICOMDIR")
+            note = zipfile.ZipInfo(NOTE_NAME, date_time=(1980, 1, 1, 0, 0, 0))
+            note.compress_type = method
+            zf.writestr(note, note_text(len(entries), withheld, len(series)).encode("utf-8"))
+        raw.flush()
+    return {
+        "size_bytes": writer.tell(),
+        "sha256": writer.sha256.hexdigest(),
+        "instances": len(entries),
+        "withheld": withheld,
+        "series": len(series),
+        "modalities": sorted(modalities),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+@task(name="zip", retries=0, **TASK_DEFAULTS)
+def archive(task_id: str) -> int:
+    """Local work: a failure is final for this run (a re-run resumes from here). Returns the archive size."""
+    with step_context(task_id) as ctx:
+        done = read_done(ctx.paths, "archive")
+        if done is not None and ctx.paths.archive.exists():
+            return int(done["size_bytes"])
+        clear_done(ctx.paths, "archive")
+        result = build_archive(ctx.settings, ctx.paths)
+        mark_done(ctx.paths, "archive", result)
+        save_checkpoint(ctx.session, task_id, Step.ZIP, result)
+        log.info(
+            "Archive written",
+            extra=details(task_id=task_id, acsn=ctx.task.accession_number, size=result["size_bytes"],
+                          instances=result["instances"], seconds=result["seconds"]),
+        )
+        return int(result["size_bytes"])

@@ -1,0 +1,56 @@
+"""Step 1, find: C-FIND the study by AccessionNumber and check that it belongs to the requested patient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from studypub.dicom import scu
+from studypub.errors import AmbiguousStudy, PatientMismatch, StudyNotFound
+from studypub.logs import details, get_logger
+from studypub.models import Step
+from studypub.publications import save_checkpoint
+from studypub.settings import Settings
+from tasks.common import TASK_DEFAULTS, retry_if_transient_or_late, step_context
+
+log = get_logger("tasks.find")
+
+
+def find_study(settings: Settings, accession_number: str, patient_id: str) -> dict[str, Any]:
+    """The one study with this accession number, checked against the patient; what later steps need."""
+    matches = scu.find_studies(settings, accession_number)
+    if not matches:
+        raise StudyNotFound("study not found in PACS")
+    uids = {m.study_instance_uid for m in matches}
+    if len(uids) > 1:
+        raise AmbiguousStudy(f"ambiguous: {len(uids)} studies in the PACS have this accession number")
+    match = matches[0]
+    if match.patient_id.strip() != patient_id.strip():
+        raise PatientMismatch("the study in the PACS belongs to another PatientID; nothing was retrieved")
+    sop_classes, instances = match.sop_classes, match.instances
+    if not sop_classes or instances is None:
+        sop_classes, counted = scu.study_sop_classes(settings, match.study_instance_uid)
+        instances = instances if instances is not None else counted
+    return {
+        "study_instance_uid": match.study_instance_uid,
+        "study_date": match.study_date,
+        "modalities": match.modalities,
+        "instances": instances,
+        "series": match.series,
+        "sop_classes": sop_classes,
+    }
+
+
+@task(name="find", retries=2, retry_delay_seconds=20, retry_condition_fn=retry_if_transient_or_late, **TASK_DEFAULTS)
+def find(task_id: str) -> int:
+    """Returns the number of instances the PACS reports (no identifiers leave the app database)."""
+    with step_context(task_id) as ctx:
+        assert ctx.task.accession_number and ctx.task.patient_id
+        study = find_study(ctx.settings, ctx.task.accession_number, ctx.task.patient_id)
+        save_checkpoint(ctx.session, task_id, Step.FIND, study)
+        log.info(
+            "Study found in PACS",
+            extra=details(task_id=task_id, acsn=ctx.task.accession_number, instances=study["instances"]),
+        )
+        return int(study["instances"] or 0)

@@ -1,0 +1,29 @@
+"""Step 6, link: the archive is in storage; record the publication and mark the link ready. The key itself
+was issued with the request and never changes. The work folder (raw instances hold PHI) is removed."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from studypub.deid.engine import PROFILE_VERSION
+from studypub.logs import details, get_logger
+from studypub.models import Step, TaskStatus
+from studypub.publications import complete
+from tasks.common import TASK_DEFAULTS, step_context
+
+log = get_logger("tasks.link")
+
+
+@task(name="link", retries=3, retry_delay_seconds=2, **TASK_DEFAULTS)
+def link(task_id: str) -> str:
+    with step_context(task_id) as ctx:
+        archive = dict(ctx.task.checkpoints[Step.ZIP.value])
+        archive.update(ctx.task.checkpoints[Step.UPLOAD.value])
+        complete(ctx.session, ctx.settings, task_id, archive=archive, profile_version=PROFILE_VERSION)
+        ctx.paths.remove()
+        log.info(
+            f"Study {ctx.task.accession_number} published",
+            extra=details(pid=ctx.task.patient_id, acsn=ctx.task.accession_number, status=TaskStatus.COMPLETED,
+                          task_id=task_id),
+        )
+        return task_id

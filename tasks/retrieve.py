@@ -1,0 +1,119 @@
+"""Step 2, retrieve: C-MOVE the study to our Storage SCP (or C-GET it), into the publication's raw spool.
+
+At most ``pacs.max_concurrent_retrievals`` run at once against the PACS, through a Prefect global
+concurrency limit (created at start-up; ``strict`` so a missing limit fails loudly instead of being skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prefect import task
+from prefect.concurrency.sync import concurrency
+from prefect.tasks import exponential_backoff
+
+from studypub.db import get_sessionmaker
+from studypub.dicom import scu
+from studypub.dicom.receiver import registry_for
+from studypub.errors import IncompleteRetrieval, InsufficientDiskSpace, PublicationError
+from studypub.logs import details, get_logger
+from studypub.models import Step
+from studypub.publications import save_checkpoint, set_progress
+from studypub.settings import Settings
+from studypub.spool import WorkPaths, clear_done, mark_done, read_done
+from studypub.storage import disk_free_bytes
+from tasks.common import TASK_DEFAULTS, retry_if_transient, step_context
+
+log = get_logger("tasks.retrieve")
+
+RETRIEVE_LIMIT = "pacs-retrieve"
+ESTIMATED_BYTES_PER_INSTANCE = 1024 * 1024
+
+
+def check_disk_space(settings: Settings, expected_instances: int) -> None:
+    """Raw + anonymised + archive copies of the study, plus the configured margin."""
+    need = settings.min_free_disk_mb * 1024 * 1024 + 3 * expected_instances * ESTIMATED_BYTES_PER_INSTANCE
+    free = disk_free_bytes(settings.work_dir)
+    if free < need:
+        raise InsufficientDiskSpace(
+            f"not enough free disk space in the work folder: {free // 2**20} MiB free, {need // 2**20} MiB needed"
+        )
+
+
+def count_files(folder) -> int:  # type: ignore[no-untyped-def]
+    return sum(1 for e in os.scandir(folder) if e.name.endswith(".dcm"))
+
+
+def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress) -> int:  # type: ignore[no-untyped-def, type-arg]
+    """Retrieve into ``paths.raw``; returns the number of instances received. Raises on partial retrieval."""
+    study_uid = study["study_instance_uid"]
+    expected = study.get("instances")
+    if settings.pacs.retrieve_method == "get":
+        result = scu.get_study(
+            settings, study_uid, study.get("sop_classes") or [], paths.raw, progress=progress, expected=expected
+        )
+    else:
+        registry = registry_for(settings)
+        registry.register(study_uid, paths.raw)
+        try:
+            result = scu.move_study(settings, study_uid, progress=progress, expected=expected)
+        finally:
+            registry.unregister(study_uid)
+    received = count_files(paths.raw)
+    sent = result.completed + result.warning
+    if result.category == "Failure" and sent == 0 and result.status == 0xA801:
+        raise PublicationError(
+            f"the PACS does not know our AE title {settings.pacs.calling_ae!r} as a C-MOVE destination "
+            "(status 0xA801): add it to the PACS's modalities"
+        )
+    if not result.ok or received < sent or (expected and received < expected):
+        raise IncompleteRetrieval(
+            f"partial retrieval: received {received} of {expected if expected is not None else '?'} instances "
+            f"({result.failed} failed, PACS status 0x{result.status:04X} {result.category})"
+        )
+    return received
+
+
+@task(
+    name="retrieve",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=retry_if_transient,
+    tags=["pacs"],
+    **TASK_DEFAULTS,
+)
+def retrieve(task_id: str) -> int:
+    with step_context(task_id) as ctx:
+        done = read_done(ctx.paths, "raw")
+        if done is not None:
+            return int(done["instances"])
+        study = ctx.task.checkpoints[Step.FIND.value]
+        expected = study.get("instances") or 0
+        check_disk_space(ctx.settings, expected)
+        ctx.paths.create()
+        clear_done(ctx.paths, "raw")
+        session = get_sessionmaker(ctx.settings)()
+        last = [0.0]
+
+        def progress(completed: int, total: int | None) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 1.0:
+                last[0] = now
+                set_progress(session, task_id, completed, total)
+
+        try:
+            with concurrency(RETRIEVE_LIMIT, occupy=1, strict=True):
+                started = time.monotonic()
+                received = retrieve_study(ctx.settings, study, ctx.paths, progress)
+                elapsed = time.monotonic() - started
+            set_progress(session, task_id, received, expected or received)
+        finally:
+            session.close()
+        mark_done(ctx.paths, "raw", {"instances": received})
+        save_checkpoint(ctx.session, task_id, Step.RETRIEVE, {"instances": received, "seconds": round(elapsed, 3)})
+        log.info(
+            "Study retrieved",
+            extra=details(task_id=task_id, acsn=ctx.task.accession_number, instances=received, seconds=round(elapsed, 2)),
+        )
+        return received

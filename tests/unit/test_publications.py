@@ -1,0 +1,126 @@
+"""Recording requests, claiming runs, checkpoints and failures, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from studypub.db import get_sessionmaker
+from studypub.errors import StudyNotFound, ValidationError
+from studypub.models import Step, Task, TaskStatus
+from studypub.publications import (
+    PublicationRequest,
+    claim,
+    complete,
+    fail,
+    get_task,
+    request_publication,
+    save_checkpoint,
+)
+from studypub.settings import get_settings
+
+
+def _req(pid: str = "1000001158664", acsn: str = "KP125706548L", **kw) -> PublicationRequest:  # type: ignore[no-untyped-def]
+    return PublicationRequest(patient_id=pid, accession_number=acsn, clinic_code="default", source="cli", **kw)
+
+
+def test_same_request_returns_same_task_and_link(db_url: str) -> None:
+    s = get_settings()
+    with get_sessionmaker()() as session:
+        first, created = request_publication(session, s, _req())
+        again, created_again = request_publication(session, s, _req())
+    assert created and not created_again
+    assert (again.id, again.link_key, again.object_key) == (first.id, first.link_key, first.object_key)
+    assert len(first.link_key) >= 22  # 16 random bytes, URL-safe base64
+    assert "1000001158664" not in first.object_key and "KP125706548L" not in first.object_key
+
+
+def test_concurrent_identical_requests_make_one_task(db_url: str) -> None:
+    s = get_settings()
+    sessions = get_sessionmaker()
+
+    def submit(_: int) -> str:
+        with sessions() as session:
+            task, _created = request_publication(session, s, _req("P-RACE", "A-RACE"))
+            return task.id
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = set(pool.map(submit, range(48)))
+    assert len(ids) == 1
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 1
+
+
+def test_expired_publication_makes_room_for_a_new_one(db_url: str) -> None:
+    s = get_settings()
+    with get_sessionmaker()() as session:
+        first, _ = request_publication(session, s, _req())
+        first.status = TaskStatus.EXPIRED
+        session.commit()
+        second, created = request_publication(session, s, _req())
+    assert created and second.id != first.id and second.link_key != first.link_key
+
+
+@pytest.mark.parametrize(
+    ("pid", "acsn", "message"),
+    [("", "A", "patient_id is required"), ("P", "A*", "characters"), ("P" * 65, "A", "longer than 64")],
+)
+def test_bad_identifiers_are_refused(db_url: str, pid: str, acsn: str, message: str) -> None:
+    with get_sessionmaker()() as session, pytest.raises(ValidationError, match=message):
+        request_publication(session, get_settings(), _req(pid, acsn))
+
+
+def test_save_till_bounds(db_url: str) -> None:
+    s = get_settings()
+    now = datetime.now(UTC)
+    with get_sessionmaker()() as session:
+        with pytest.raises(ValidationError, match="in the past"):
+            request_publication(session, s, _req(save_till=now - timedelta(days=1)))
+        with pytest.raises(ValidationError, match="maximum retention"):
+            request_publication(session, s, _req(save_till=now + timedelta(days=s.links.max_retention_days + 1)))
+        task, _ = request_publication(session, s, _req())
+    assert abs((task.save_till - now).days - s.links.default_retention_days) <= 1
+
+
+def test_claim_is_exclusive_until_the_lease_expires(db_url: str) -> None:
+    s = get_settings()
+    sessions = get_sessionmaker()
+    with sessions() as session:
+        task, _ = request_publication(session, s, _req())
+        assert claim(session, task.id, "run-a")
+        assert not claim(session, task.id, "run-b")
+        assert claim(session, task.id, "run-a")  # the same run retried
+        get_task(session, task.id).lease_until = datetime.now(UTC) - timedelta(seconds=1)
+        session.commit()
+        assert claim(session, task.id, "run-b")  # a crashed run's lease expired
+
+
+def test_checkpoints_advance_the_step_and_failure_keeps_a_readable_reason(db_url: str) -> None:
+    s = get_settings()
+    sessions = get_sessionmaker()
+    with sessions() as session:
+        task, _ = request_publication(session, s, _req())
+        claim(session, task.id, "run")
+        save_checkpoint(session, task.id, Step.FIND, {"instances": 3})
+        assert get_task(session, task.id).step == Step.RETRIEVE
+        failed = fail(session, task.id, StudyNotFound("study not found in PACS"))
+        assert failed.status == TaskStatus.FAILED
+        assert failed.reason == "retrieve: study not found in PACS"
+        # Unknown errors are named by type only: their text could carry DICOM contents.
+        failed = fail(session, task.id, RuntimeError("PatientName=DOE^JOHN"))
+        assert "DOE" not in (failed.reason or "") and "RuntimeError" in (failed.reason or "")
+
+
+def test_complete_records_the_publication_once(db_url: str) -> None:
+    s = get_settings()
+    sessions = get_sessionmaker()
+    archive = {"size_bytes": 10, "sha256": "0" * 64, "instances": 2, "withheld": 1, "series": 1, "modalities": ["CT"]}
+    with sessions() as session:
+        task, _ = request_publication(session, s, _req())
+        complete(session, s, task.id, archive=archive, profile_version="v")
+        pub = complete(session, s, task.id, archive=archive, profile_version="v")
+        assert get_task(session, task.id).status == TaskStatus.COMPLETED
+        assert pub.object_key == task.object_key and pub.instances == 2
