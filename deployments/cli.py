@@ -93,7 +93,7 @@ def _settings():  # type: ignore[no-untyped-def]
 def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
     from studypub.db import get_sessionmaker, migrate
     from studypub.dicom.receiver import port_is_free, start_receiver
-    from studypub.errors import ConfigurationError, PublicationError, ValidationError
+    from studypub.errors import ConfigurationError, ValidationError
     from studypub.models import TaskStatus
     from studypub.publications import PublicationRequest, get_task, request_publication, result_view
     from studypub.storage import open_storage
@@ -143,9 +143,7 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
         try:
             ensure_prefect_objects(settings)
             publish_study(task_id)
-        except PublicationError:
-            pass  # recorded on the task; reported below
-        except Exception:  # noqa: BLE001 - the run's state and reason are in the database; report them
+        except Exception:  # noqa: S110 - the flow recorded the failure and its reason on the task: reported below
             pass
         finally:
             if server is not None:

@@ -72,7 +72,8 @@ def start_demo_pacs(settings: Settings, http_port: int) -> tuple[Any, list[Any]]
 
 
 def serve_forever(args: Any, settings: Settings) -> int:
-    from flows.publish import ensure_prefect_objects
+    # Nothing here may import Prefect before PREFECT_API_URL is set below: Prefect reads its settings at
+    # import, and without the URL it would start a temporary server of its own.
     from studypub.db import migrate
     from studypub.dicom.receiver import port_is_free, start_receiver
 
@@ -96,6 +97,8 @@ def serve_forever(args: Any, settings: Settings) -> int:
         if not port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
             raise SystemExit(f"port {settings.pacs.scp_port} (Storage SCP) is taken: is another studypub running?")
         receiver = start_receiver(settings)
+        from flows.publish import ensure_prefect_objects
+
         ensure_prefect_objects(settings)
         ui = api.removesuffix("/api")
         lines = [
@@ -144,4 +147,3 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--prefect-port", type=int, default=4200, help="port of the local Prefect server")
     p.add_argument("--demo-http-port", type=int, default=8042, help="web port of the demo Orthanc")
     p.add_argument("--no-demo", action="store_true", help="do not start the demo PACS")
-

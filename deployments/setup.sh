@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian machine for StudyPublicator: system packages, the virtualenv, the project.
+# Set up a fresh Debian 12 machine (Python 3.11) for StudyPublicator: system packages, the virtualenv,
+# the project. Idempotent: a second run only does what is missing.
 #   deployments/setup.sh          the service (Orthanc for the demo PACS, dcmtk)
-#   deployments/setup.sh test     plus what the tests need (PostgreSQL running, Chromium)
+#   deployments/setup.sh test     plus what the tests need (a running PostgreSQL the tests can reach)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -14,6 +15,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_pkgs=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_pkgs+=(orthanc)
 command -v getscu >/dev/null 2>&1 || need_pkgs+=(dcmtk)
+"$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ "$mode" = test ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need_pkgs+=(postgresql)
 fi
@@ -31,9 +33,21 @@ if [ "$mode" = test ]; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
     for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
   fi
+  # The tests connect over TCP as "postgres". These machines trust local TCP; a stock Debian asks for a
+  # password, so give the role one and hand the URL to the tests.
+  pg_url_file="$VENV/test-pg-url"
+  mkdir -p "$VENV"
+  if psql -h 127.0.0.1 -U postgres -d postgres -Atqc "select 1" >/dev/null 2>&1 </dev/null; then
+    echo "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres" > "$pg_url_file"
+  elif [ ! -s "$pg_url_file" ]; then
+    password="studypub-test-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+    as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD '$password'\"" >&2
+    echo "postgresql+psycopg2://postgres:$password@127.0.0.1:5432/postgres" > "$pg_url_file"
+  fi
 fi
 
-if [ ! -x "$VENV/bin/python" ]; then
+if [ ! -x "$VENV/bin/pip" ]; then  # missing, or left half-made by a failed earlier run
+  rm -rf "$VENV/bin" "$VENV/lib" "$VENV/include" "$VENV/pyvenv.cfg"
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.installed-$mode"
@@ -43,4 +57,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   [ "$mode" = test ] && extras="[test]"
   "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".$extras" >&2
   touch "$stamp"
+  [ "$mode" = test ] && touch "$VENV/.installed-run"  # the test install is a superset
 fi

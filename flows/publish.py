@@ -46,9 +46,10 @@ from tasks.upload import upload
 
 log = get_logger("flows.publish")
 
+
 def pipeline_tasks(settings: Settings) -> dict[Step, Any]:
     """The overlapping steps, with the retry policy from the settings for the ones that touch the network."""
-    policy = {
+    policy: dict[str, Any] = {
         "retries": settings.prefect.task_retries,
         "retry_delay_seconds": exponential_backoff(backoff_factor=settings.prefect.task_retry_delay),
     }
@@ -144,7 +145,7 @@ def _current_flow_run_id() -> str | None:
 @flow(
     name="publish-study",
     flow_run_name="publish-{task_id}",
-    task_runner=ThreadPoolTaskRunner(max_workers=8),
+    task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
     persist_result=False,
     log_prints=False,
 )
@@ -183,8 +184,14 @@ def publish_study(task_id: str) -> dict[str, Any]:
             task = fail(session, task_id, exc)
             log.error(
                 f"Study {task.accession_number} failed",
-                extra=details(pid=task.patient_id, acsn=task.accession_number, status=TaskStatus.FAILED,
-                              step=task.step, task_id=task_id, error_code=task.error_code),
+                extra=details(
+                    pid=task.patient_id,
+                    acsn=task.accession_number,
+                    status=TaskStatus.FAILED,
+                    step=task.step,
+                    task_id=task_id,
+                    error_code=task.error_code,
+                ),
             )
         raise
     with sessions() as session:

@@ -39,7 +39,7 @@ class SpecJsonFormatter(JsonFormatter):
             if value is not None:
                 details[attr] = str(value)
         if record.exc_info:
-            details["error"] = self.formatException(record.exc_info).splitlines()[-1]
+            details["error"] = str(self.formatException(record.exc_info)).splitlines()[-1]
         log_record["details"] = details
 
     def process_log_record(self, log_record: dict[str, Any]) -> dict[str, Any]:

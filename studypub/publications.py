@@ -80,7 +80,9 @@ def resolve_save_till(settings: Settings, save_till: datetime | None, *, now: da
     if save_till <= now:
         raise ValidationError("save_till_date is in the past")
     if save_till > now + timedelta(days=settings.links.max_retention_days):
-        raise ValidationError(f"save_till_date is beyond the maximum retention of {settings.links.max_retention_days} days")
+        raise ValidationError(
+            f"save_till_date is beyond the maximum retention of {settings.links.max_retention_days} days"
+        )
     return save_till
 
 
@@ -175,7 +177,7 @@ def claim(session: Session, task_id: str, owner: str, *, lease_seconds: int = LE
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return bool(result.rowcount)
+    return bool(getattr(result, "rowcount", 0))
 
 
 def renew_lease(session: Session, task_id: str, owner: str, *, lease_seconds: int = LEASE_SECONDS) -> None:
@@ -215,9 +217,7 @@ def save_checkpoint(session: Session, task_id: str, step: Step, data: dict[str, 
 
 
 def drop_checkpoints(session: Session, task_id: str, steps: list[Step]) -> None:
-    session.execute(
-        delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step.in_([s.value for s in steps]))
-    )
+    session.execute(delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step.in_([s.value for s in steps])))
     _refresh_step(session, task_id)
     session.commit()
 
@@ -239,7 +239,10 @@ def fail(session: Session, task_id: str, exc: BaseException) -> Task:
     if isinstance(exc, StudyPubError):
         reason, code = exc.reason, exc.code
     else:
-        reason, code = f"Unexpected error ({type(exc).__name__}); operators: see the Prefect run", "internal_error"
+        reason, code = (
+            f"Unexpected error ({type(exc).__name__}); operators: see the Prefect run",
+            "internal_error",
+        )
     task.status = TaskStatus.FAILED
     task.reason = f"{task.step or 'start'}: {reason}"
     task.error_code = code
@@ -280,13 +283,24 @@ def complete(
     task.finished_at = utcnow()
     task.lease_owner = None
     task.lease_until = None
-    audit(session, actor="system", action="publication.completed", task=task, details={"instances": pub.instances})
+    audit(
+        session,
+        actor="system",
+        action="publication.completed",
+        task=task,
+        details={"instances": pub.instances},
+    )
     session.commit()
     return pub
 
 
 def audit(
-    session: Session, *, actor: str, action: str, task: Task | None = None, details: dict[str, Any] | None = None
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    task: Task | None = None,
+    details: dict[str, Any] | None = None,
 ) -> None:
     session.add(
         AuditEvent(

@@ -24,7 +24,8 @@ def _default_work_dir() -> Path:
 
 class DatabaseSettings(BaseModel):
     url: str | None = Field(
-        None, description="SQLAlchemy URL; default SQLite in the work dir. PostgreSQL: postgresql+psycopg2://..."
+        None,
+        description="SQLAlchemy URL; default SQLite in the work dir. PostgreSQL: postgresql+psycopg2://...",
     )
     pool_size: int = Field(5, ge=1, le=100, description="Connection pool size (PostgreSQL).")
     echo: bool = Field(False, description="Log SQL statements (never in production: they carry identifiers).")
@@ -42,9 +43,7 @@ class PacsSettings(BaseModel):
     scp_port: int = Field(11113, ge=1, le=65535, description="Port of the service's Storage SCP (C-MOVE target).")
     scp_bind: str = Field("0.0.0.0", description="Address the Storage SCP listens on.")
     retrieve_method: Literal["move", "get"] = Field("move", description="C-MOVE (default) or C-GET.")
-    max_pdu: int = Field(
-        4 * 1024 * 1024, ge=0, description="Maximum PDU size we accept (bytes); 0 means unlimited."
-    )
+    max_pdu: int = Field(4 * 1024 * 1024, ge=0, description="Maximum PDU size we accept (bytes); 0 means unlimited.")
     acse_timeout: float = Field(30, gt=0, description="Association set-up timeout, seconds.")
     dimse_timeout: float = Field(600, gt=0, description="Timeout waiting for a DIMSE response, seconds.")
     network_timeout: float = Field(120, gt=0, description="Idle network timeout, seconds.")
@@ -127,8 +126,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None,
         description=(
-            "Secret for UID generation and signing. Development generates one in the work dir; "
-            "production requires it."
+            "Secret for UID generation and signing. Development generates one in the work dir; production requires it."
         ),
     )
     default_clinic_code: str = Field("default", description="Clinic of manual and CLI requests.")

@@ -7,6 +7,7 @@ the caller, never derived from identifiers. The bucket stays private.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -117,10 +118,8 @@ class S3Storage:
             raise
         finally:
             if not committed:
-                try:
+                with contextlib.suppress(Exception):  # best effort: the upload already failed
                     fh.discard()
-                except Exception:  # noqa: S110 - the abort is best effort; the upload already failed
-                    pass
 
     def exists(self, key: str) -> bool:
         self.fs.invalidate_cache()  # type: ignore[attr-defined]
@@ -131,10 +130,8 @@ class S3Storage:
         return int(self.fs.info(self._path(key))["size"])  # type: ignore[attr-defined]
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(key))  # type: ignore[attr-defined]
-        except FileNotFoundError:
-            pass
 
     def presign(self, key: str, seconds: int, filename: str | None = None) -> str:
         params = {}

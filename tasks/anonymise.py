@@ -10,13 +10,13 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 from prefect import task
 
-from studypub.deid.engine import PROFILE_VERSION, DeidOptions, StudyAnonymiser
+from studypub.deid.engine import PROFILE_VERSION, DeidOptions
+from studypub.deid.errors import DeidError
+from studypub.deid.pool import anonymise_one, init_worker, pool_context, warm_up
 from studypub.errors import AnonymisationFailed
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -28,7 +28,6 @@ from tasks.common import TASK_DEFAULTS, step_context
 log = get_logger("tasks.anonymise")
 
 POOL_THRESHOLD = 32  # below this many instances a pool costs more than it saves
-_worker: StudyAnonymiser | None = None
 
 
 def uid_key(settings: Settings, uid_salt: str) -> bytes:
@@ -45,20 +44,7 @@ def deid_options(settings: Settings) -> DeidOptions:
     )
 
 
-def _init_worker(key: bytes, options: DeidOptions) -> None:
-    global _worker
-    _worker = StudyAnonymiser(key, options)
-
-
-def _anonymise_one(src: str, dst: str) -> tuple[bool, str | None]:
-    assert _worker is not None
-    outcome = _worker.anonymise_file(Path(src), Path(dst))
-    return bool(outcome.withheld), outcome.withheld_reason
-
-
-def anonymise_spool(
-    settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None
-) -> dict[str, Any]:
+def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None) -> dict[str, Any]:
     """Anonymise every file that appears in ``paths.raw`` (until retrieval is done) into ``paths.clean``."""
     options = deid_options(settings)
     workers = settings.deid.workers or os.cpu_count() or 1
@@ -77,23 +63,28 @@ def anonymise_spool(
     def wrap(exc: BaseException) -> AnonymisationFailed:
         if isinstance(exc, AnonymisationFailed):
             return exc
+        if isinstance(exc, DeidError):  # its reason names tags and rules, never values
+            return AnonymisationFailed(f"an instance could not be anonymised safely: {exc.reason}", code=exc.code)
         return AnonymisationFailed(f"an instance could not be anonymised safely ({type(exc).__name__})")
 
     use_pool = workers > 1 and (expected or 0) >= POOL_THRESHOLD
     if not use_pool:
-        _init_worker(key, options)
+        init_worker(key, options)
         try:
             for src in follow_files(paths.raw, paths, "raw"):
-                account(_anonymise_one(str(src), str(paths.clean / src.name)))
+                account(anonymise_one(str(src), str(paths.clean / src.name)))
         except Exception as exc:
             raise wrap(exc) from exc
     else:
         pending: list[Future[tuple[bool, str | None]]] = []
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(key, options)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=pool_context(), initializer=init_worker, initargs=(key, options)
+        ) as pool:
+            for _ in range(workers):
+                pool.submit(warm_up)
             try:
                 for src in follow_files(paths.raw, paths, "raw"):
-                    pending.append(pool.submit(_anonymise_one, str(src), str(paths.clean / src.name)))
+                    pending.append(pool.submit(anonymise_one, str(src), str(paths.clean / src.name)))
                     while len(pending) > workers * 8:
                         account(pending.pop(0).result())
                 for fut in pending:
@@ -131,7 +122,12 @@ def anonymise(task_id: str) -> int:
         save_checkpoint(ctx.session, task_id, Step.ANONYMISE, result)
         log.info(
             "Study anonymised",
-            extra=details(task_id=task_id, acsn=ctx.task.accession_number, instances=result["instances"],
-                          withheld=result["withheld"], seconds=result["seconds"]),
+            extra=details(
+                task_id=task_id,
+                acsn=ctx.task.accession_number,
+                instances=result["instances"],
+                withheld=result["withheld"],
+                seconds=result["seconds"],
+            ),
         )
         return int(result["instances"])

@@ -1,9 +1,10 @@
-"""Step 4, zip: the anonymised instances into a ZIP with a DICOMDIR (pydicom's FileSet) and a short note in
-Russian and English, written as the instances arrive.
+"""Step 4, zip: the anonymised instances into a ZIP with a DICOMDIR and a short note in Russian and English,
+written as the instances arrive.
 
 The ZIP is written strictly sequentially (data descriptors, no seeking back), so the upload step can stream
-it while it grows. Entry names are the File-set's own File IDs (PT000000/ST000000/SE000000/IM000000), which
-pydicom assigns by position and which therefore do not change as instances are added; they carry no PHI.
+it while it grows. Entry names are the File-set's File IDs (PT000000/ST000000/SE000000/IM000000), assigned by
+position when an instance arrives and never changed; they carry no PHI. The DICOMDIR comes last
+(studypub.dicomdir: pydicom's record definitions, linear time).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -20,8 +20,9 @@ from typing import IO, Any
 from prefect import task
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.fileset import FileSet
+from pydicom.uid import generate_uid
 
+from studypub.dicomdir import DicomDirBuilder
 from studypub.errors import PublicationError
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -124,21 +125,21 @@ def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
     """Write ``paths.archive`` from ``paths.clean`` as files arrive; returns size, sha256 and counts."""
     method = zipfile.ZIP_DEFLATED if settings.archive.compression == "deflate" else zipfile.ZIP_STORED
     level = settings.archive.compress_level if method == zipfile.ZIP_DEFLATED else None
-    fileset = FileSet()
+    dicomdir = DicomDirBuilder()
     entries: dict[str, str] = {}  # SOPInstanceUID (new, anonymised) -> entry name
     modalities: set[str] = set()
     series: set[str] = set()
     extra = 0
     started = time.monotonic()
     paths.archive.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(dir=paths.root) as tmp, paths.archive.open("wb") as raw:
+    with paths.archive.open("wb") as raw:
         writer = AppendOnlyWriter(raw)
         with zipfile.ZipFile(writer, "w", compression=method, compresslevel=level) as zf:
             for src in follow_files(paths.clean, paths, "clean"):
                 ds = _record_copy(src)
                 try:
-                    name = fileset.add(ds).FileID.replace("\\", "/")
-                except (KeyError, ValueError):
+                    name = dicomdir.add(ds)
+                except (KeyError, ValueError, AttributeError):
                     # No directory record type fits this instance: keep it, outside the File-set.
                     extra += 1
                     name = f"EXTRA/IM{extra:06d}"
@@ -146,23 +147,16 @@ def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
                 modalities.add(str(ds.get("Modality") or "OT"))
                 series.add(str(ds.get("SeriesInstanceUID") or ""))
                 size = src.stat().st_size
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = method
-                info.external_attr = 0o644 << 16
-                with src.open("rb") as fin, zf.open(info, "w", force_zip64=size > ZIP64_THRESHOLD) as fout:
+                # Entries named by string take the archive's compression level (a ZipInfo would not).
+                with src.open("rb") as fin, zf.open(name, "w", force_zip64=size > ZIP64_THRESHOLD) as fout:
                     shutil.copyfileobj(fin, fout, CHUNK)
             if not entries:
                 raise PublicationError("no anonymised instance to archive")
-            fileset.write(tmp)
-            for instance in fileset:
-                if entries.get(str(instance.SOPInstanceUID)) != instance.FileID.replace("\\", "/"):
-                    raise PublicationError("the DICOMDIR does not match the archive's file names")
             clean_done = read_done(paths, "clean") or {}
             withheld = int(clean_done.get("withheld", 0))
-            zf.write(Path(tmp) / "DICOMDIR", "DICOMDIR")
-            note = zipfile.ZipInfo(NOTE_NAME, date_time=(1980, 1, 1, 0, 0, 0))
-            note.compress_type = method
-            zf.writestr(note, note_text(len(entries), withheld, len(series)).encode("utf-8"))
+            with zf.open("DICOMDIR", "w") as fout:
+                dicomdir.write(fout, generate_uid())
+            zf.writestr(NOTE_NAME, note_text(len(entries), withheld, len(series)).encode("utf-8"))
         raw.flush()
     return {
         "size_bytes": writer.tell(),
@@ -188,7 +182,12 @@ def archive(task_id: str) -> int:
         save_checkpoint(ctx.session, task_id, Step.ZIP, result)
         log.info(
             "Archive written",
-            extra=details(task_id=task_id, acsn=ctx.task.accession_number, size=result["size_bytes"],
-                          instances=result["instances"], seconds=result["seconds"]),
+            extra=details(
+                task_id=task_id,
+                acsn=ctx.task.accession_number,
+                size=result["size_bytes"],
+                instances=result["instances"],
+                seconds=result["seconds"],
+            ),
         )
         return int(result["size_bytes"])

@@ -42,7 +42,13 @@ def find_study(settings: Settings, accession_number: str, patient_id: str) -> di
     }
 
 
-@task(name="find", retries=2, retry_delay_seconds=20, retry_condition_fn=retry_if_transient_or_late, **TASK_DEFAULTS)
+@task(
+    name="find",
+    retries=2,
+    retry_delay_seconds=20,
+    retry_condition_fn=retry_if_transient_or_late,
+    **TASK_DEFAULTS,
+)
 def find(task_id: str) -> int:
     """Returns the number of instances the PACS reports (no identifiers leave the app database)."""
     with step_context(task_id) as ctx:

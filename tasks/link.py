@@ -23,7 +23,11 @@ def link(task_id: str) -> str:
         ctx.paths.remove()
         log.info(
             f"Study {ctx.task.accession_number} published",
-            extra=details(pid=ctx.task.patient_id, acsn=ctx.task.accession_number, status=TaskStatus.COMPLETED,
-                          task_id=task_id),
+            extra=details(
+                pid=ctx.task.patient_id,
+                acsn=ctx.task.accession_number,
+                status=TaskStatus.COMPLETED,
+                task_id=task_id,
+            ),
         )
         return task_id

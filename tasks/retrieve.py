@@ -51,7 +51,12 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress) 
     expected = study.get("instances")
     if settings.pacs.retrieve_method == "get":
         result = scu.get_study(
-            settings, study_uid, study.get("sop_classes") or [], paths.raw, progress=progress, expected=expected
+            settings,
+            study_uid,
+            study.get("sop_classes") or [],
+            paths.raw,
+            progress=progress,
+            expected=expected,
         )
     else:
         registry = registry_for(settings)
@@ -114,6 +119,8 @@ def retrieve(task_id: str) -> int:
         save_checkpoint(ctx.session, task_id, Step.RETRIEVE, {"instances": received, "seconds": round(elapsed, 3)})
         log.info(
             "Study retrieved",
-            extra=details(task_id=task_id, acsn=ctx.task.accession_number, instances=received, seconds=round(elapsed, 2)),
+            extra=details(
+                task_id=task_id, acsn=ctx.task.accession_number, instances=received, seconds=round(elapsed, 2)
+            ),
         )
         return received

@@ -61,7 +61,11 @@ def upload(task_id: str) -> int:
         save_checkpoint(ctx.session, task_id, Step.UPLOAD, result)
         log.info(
             "Archive uploaded",
-            extra=details(task_id=task_id, acsn=ctx.task.accession_number, size=result["size_bytes"],
-                          seconds=result["seconds"]),
+            extra=details(
+                task_id=task_id,
+                acsn=ctx.task.accession_number,
+                size=result["size_bytes"],
+                seconds=result["seconds"],
+            ),
         )
         return int(result["size_bytes"])

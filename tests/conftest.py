@@ -18,7 +18,18 @@ os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(Path(__file__).parent
 
 pytest_plugins = ["tests.support.fixtures"]
 
-PG_ADMIN_URL = os.environ.get("STUDYPUB_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+def _pg_admin_url() -> str:
+    """STUDYPUB_TEST_PG, else what deployments/setup.sh found works on this machine, else trust auth."""
+    if url := os.environ.get("STUDYPUB_TEST_PG"):
+        return url
+    found = Path(__file__).parents[1] / ".venv" / "test-pg-url"
+    if found.is_file() and found.read_text().strip():
+        return found.read_text().strip()
+    return "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+PG_ADMIN_URL = _pg_admin_url()
 
 
 def _clear_settings_cache() -> None:

@@ -139,9 +139,7 @@ def _encode_into(ds: Dataset, out: bytearray, implicit: bool, encodings: list[st
         elem = ds.get_item(tag)
         if elem is None:
             continue
-        if isinstance(elem, RawDataElement) and (
-            elem.is_implicit_VR != implicit or not elem.is_little_endian
-        ):
+        if isinstance(elem, RawDataElement) and (elem.is_implicit_VR != implicit or not elem.is_little_endian):
             elem = ds[tag]  # read with another encoding than the output's (a mislabelled source): convert
         if isinstance(elem, RawDataElement):
             value = elem.value or b""
@@ -175,9 +173,7 @@ def _encode_into(ds: Dataset, out: bytearray, implicit: bool, encodings: list[st
         out += buf.getvalue()
 
 
-_TEXT_WRITE_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UR", "UT", "UI"}
-)
+_TEXT_WRITE_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UR", "UT", "UI"})
 _STRUCT_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 
 
@@ -216,9 +212,7 @@ def _meta_element(out: bytearray, element: int, vr: str, value: bytes) -> None:
     out += value
 
 
-def encode_file_meta(
-    sop_class: str, sop_instance: str, transfer_syntax: str, impl_uid: str, impl_name: str
-) -> bytes:
+def encode_file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, impl_uid: str, impl_name: str) -> bytes:
     """Preamble (zeros), 'DICM' and a fresh File Meta Information group (explicit VR little endian)."""
     body = bytearray()
     _meta_element(body, 0x0001, "OB", b"\x00\x01")

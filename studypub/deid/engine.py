@@ -340,9 +340,7 @@ class StudyAnonymiser:
     not carried: workers load the checked-in one). Holds a UID cache and a per-tag decision cache only.
     """
 
-    def __init__(
-        self, uid_key: bytes, options: DeidOptions | None = None, *, profile: Profile | None = None
-    ) -> None:
+    def __init__(self, uid_key: bytes, options: DeidOptions | None = None, *, profile: Profile | None = None) -> None:
         if not isinstance(uid_key, bytes | bytearray) or len(uid_key) < 16:
             raise ValueError("uid_key must be at least 16 bytes")
         self._key = bytes(uid_key)
@@ -453,9 +451,7 @@ class StudyAnonymiser:
                 if d.vr in DATE_VRS:
                     st.dates_changed = True
                 ds[tag] = self._raw(tag, d.vr, _encoded(d.vr, self._dummy_value(ds, tag, d.vr)), st)
-            elif (kind == KEEP_TEXT and scope & _SCOPE_DUMMY) or (
-                kind == KEEP_CODE and scope & _SCOPE_IDENTITY
-            ):
+            elif (kind == KEEP_TEXT and scope & _SCOPE_DUMMY) or (kind == KEEP_CODE and scope & _SCOPE_IDENTITY):
                 elem = ds.get_item(tag)
                 if elem is not None and elem.value:
                     identity = bool(scope & _SCOPE_IDENTITY)
@@ -573,9 +569,7 @@ class StudyAnonymiser:
             items.append(item)
         ds[0x00120064] = _elem(0x00120064, "SQ", items)  # De-identification Method Code Sequence
         if st.dates_changed:
-            ds[0x00280303] = raw(
-                0x00280303, "CS", _encoded("CS", "REMOVED"), st
-            )  # Longitudinal Temporal Info...
+            ds[0x00280303] = raw(0x00280303, "CS", _encoded("CS", "REMOVED"), st)  # Longitudinal Temporal Info...
 
     @staticmethod
     def _encode(
@@ -770,9 +764,7 @@ class _Verifier:
                 if v not in ctx.new_uids:
                     self._fail(tag, "UID neither well-known nor a replacement", code="deid_original_uid")
             elif not (v.startswith("2.25.") and v[5:].isdigit()):
-                self._fail(
-                    tag, "UID neither well-known nor of the replacement form", code="deid_original_uid"
-                )
+                self._fail(tag, "UID neither well-known nor of the replacement form", code="deid_original_uid")
 
     def _texts_of(self, ds: Dataset, tag: int, vr: str, encodings: list[str]) -> list[str]:
         elem = ds.get_item(tag)
@@ -826,9 +818,7 @@ class _Verifier:
             elif kind == DUMMY:
                 if not self._is_dummy(ds, tag, vr, encodings):
                     self._fail(tag, "attribute the profile replaces (D) is not the dummy", code="deid_leak")
-            elif (kind == KEEP_TEXT and scope & _SCOPE_DUMMY) or (
-                kind == KEEP_CODE and scope & _SCOPE_IDENTITY
-            ):
+            elif (kind == KEEP_TEXT and scope & _SCOPE_DUMMY) or (kind == KEEP_CODE and scope & _SCOPE_IDENTITY):
                 elem = ds.get_item(tag)
                 if elem is not None and elem.value and not self._is_dummy(ds, tag, vr, encodings):
                     self._fail(tag, "free text inside a D sequence is not the dummy", code="deid_leak")
@@ -891,12 +881,8 @@ def verify_file(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m studypub.deid.engine", description="DICOM de-identification"
-    )
-    parser.add_argument(
-        "--describe", action="store_true", help="print what the profile does, one line per rule"
-    )
+    parser = argparse.ArgumentParser(prog="python -m studypub.deid.engine", description="DICOM de-identification")
+    parser.add_argument("--describe", action="store_true", help="print what the profile does, one line per rule")
     parser.add_argument("--bench", type=Path, metavar="DIR", help="anonymise every file of DIR and time it")
     parser.add_argument("--generate", type=int, default=0, help="first write N synthetic 512x512 CTs to DIR")
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")

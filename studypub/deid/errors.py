@@ -1,24 +1,20 @@
 """Errors of the de-identification engine.
 
-``DeidError`` is a plain ``Exception`` for now (the lead re-parents it under the app's root error). Like
-the app's errors, each carries a short ``reason`` and a machine ``code``; neither ever contains a value read
-from a DICOM file (no PHI), only tags, keywords and reason codes.
+Under the app's root error. Each carries a short ``reason`` and a machine ``code``; neither ever contains a
+value read from a DICOM file (no PHI), only tags, keywords and reason codes.
 """
 
 from __future__ import annotations
 
+from studypub.errors import StudyPubError
 
-class DeidError(Exception):
-    """Root of the de-identification errors."""
 
+class DeidError(StudyPubError):
+    """Root of the de-identification errors: final (retrying the same file gives the same verdict)."""
+
+    http_status = 422
     code = "deid_error"
     retryable = False
-
-    def __init__(self, reason: str, *, code: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        if code is not None:
-            self.code = code
 
 
 class UnreadableDicomError(DeidError):

@@ -39,9 +39,7 @@ class DeidOptions:
 
     def __post_init__(self) -> None:
         if self.burned_in_policy not in ("withhold", "include", "fail"):
-            raise ValueError(
-                f"burned_in_policy must be withhold, include or fail, not {self.burned_in_policy!r}"
-            )
+            raise ValueError(f"burned_in_policy must be withhold, include or fail, not {self.burned_in_policy!r}")
 
 
 # Retain Patient Characteristics Option (DCM 113108): the "K" entries of that column. "C" entries (history,
@@ -133,9 +131,7 @@ CODE_ATTRIBUTES = frozenset(
 # D sequences whose coded entries are the identity itself.
 IDENTITY_CODE_SEQUENCES = frozenset({0x00401101})  # Person Identification Code Sequence
 
-FILE_META_ALLOWED = frozenset(
-    {0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013}
-)
+FILE_META_ALLOWED = frozenset({0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
 
 
 class Decision(NamedTuple):
@@ -386,9 +382,7 @@ def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
             "X",
             "removed (fail closed)",
         ),
-        row(
-            "(gggg,eeee) retired", "Retired attributes not listed in the table", "X", "removed (fail closed)"
-        ),
+        row("(gggg,eeee) retired", "Retired attributes not listed in the table", "X", "removed (fail closed)"),
         row("(gggg,0000)", "Group lengths", "X", "removed (retired, recomputed where required)"),
         row(
             "(gggg,eeee) VR UI",

@@ -43,14 +43,19 @@ def describe(studies: Sequence[GeneratedStudy]) -> str:
     """A plain-text table: patient ID, accession number, modality, series, instances, size."""
     rows = [("PATIENT ID", "ACCESSION", "MODALITY", "SERIES", "INSTANCES", "MB", "DESCRIPTION")]
     for s in studies:
-        rows.append((
-            s.patient_id, s.accession_number, s.spec.modality, str(len(s.series_instance_uids)),
-            str(s.instance_count), f"{s.total_bytes / 1e6:.1f}", s.spec.study_description,
-        ))
+        rows.append(
+            (
+                s.patient_id,
+                s.accession_number,
+                s.spec.modality,
+                str(len(s.series_instance_uids)),
+                str(s.instance_count),
+                f"{s.total_bytes / 1e6:.1f}",
+                s.spec.study_description,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
-    )
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows)
 
 
 def _peer(text: str) -> tuple[str, tuple[str, str, int]]:
@@ -64,8 +69,11 @@ def _peer(text: str) -> tuple[str, tuple[str, str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studypub.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m studypub.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write the demo studies as DICOM files")
     gen.add_argument("out_dir", type=Path)
@@ -80,8 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--aet", default="ORTHANC")
     srv.add_argument("--dicom-port", type=int, default=None)
     srv.add_argument("--http-port", type=int, default=None)
-    srv.add_argument("--peer", type=_peer, action="append", default=[],
-                     help="a C-MOVE destination, NAME=AET@HOST:PORT (repeatable)")
+    srv.add_argument(
+        "--peer",
+        type=_peer,
+        action="append",
+        default=[],
+        help="a C-MOVE destination, NAME=AET@HOST:PORT (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "generate":
@@ -98,8 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with OrthancServer(args.work_dir / "orthanc", aet=args.aet, dicom_port=args.dicom_port,
-                       http_port=args.http_port, modalities=dict(args.peer)) as pacs:
+    with OrthancServer(
+        args.work_dir / "orthanc",
+        aet=args.aet,
+        dicom_port=args.dicom_port,
+        http_port=args.http_port,
+        modalities=dict(args.peer),
+    ) as pacs:
         studies = load_demo(pacs, args.work_dir / "studies")
         print(f"Orthanc {pacs.aet} DICOM 127.0.0.1:{pacs.dicom_port}  HTTP {pacs.url}  log {pacs.log_path}")
         print(describe(studies), flush=True)

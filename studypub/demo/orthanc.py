@@ -224,9 +224,7 @@ class OrthancServer(OrthancClient):
         self.startup_timeout = startup_timeout
         self.verbose = verbose
         self.extra_config = dict(extra_config or {})
-        self.credentials: tuple[str, str] | None = (
-            ("studypub", secrets.token_urlsafe(18)) if http_auth else None
-        )
+        self.credentials: tuple[str, str] | None = ("studypub", secrets.token_urlsafe(18)) if http_auth else None
         self.config_path = self.work_dir / "orthanc.json"
         self.log_path = self.work_dir / "orthanc.log"
         self.startup_seconds: float | None = None

@@ -350,8 +350,18 @@ _PATRONYMIC = ["IVANOVICH", "PETROVNA", "SERGEEVNA", "ANDREEVICH", "NIKOLAEVNA",
 _GIVEN = ["OLGA", "DMITRY", "ANNA", "SERGEY", "ELENA", "ALEXEI", "TATIANA", "NIKOLAI"]
 
 
-_MAX_LEN = {"SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240, "UT": 10240, "CS": 16, "DA": 8,
-            "TM": 14, "DT": 26}
+_MAX_LEN = {
+    "SH": 16,
+    "LO": 64,
+    "PN": 64,
+    "ST": 1024,
+    "LT": 10240,
+    "UT": 10240,
+    "CS": 16,
+    "DA": 8,
+    "TM": 14,
+    "DT": 26,
+}
 
 
 class _Phi:
@@ -421,8 +431,7 @@ def _people(rnd: random.Random, spec: StudySpec) -> _People:
     city = rnd.choice(_CITIES)
     given = spec.patient_name.split("^")[1] if "^" in spec.patient_name else rnd.choice(_GIVEN)
     return _People(
-        address=f"{rnd.randint(1, 99)} {rnd.choice(_STREETS)} St, Apt {rnd.randint(1, 300)}, {city} "
-        f"{digits(6)}",
+        address=f"{rnd.randint(1, 99)} {rnd.choice(_STREETS)} St, Apt {rnd.randint(1, 300)}, {city} {digits(6)}",
         phone=f"+7-495-{digits(3)}-{digits(4)}",
         mobile=f"+7-916-{digits(3)}-{digits(4)}",
         other_ids=[f"MRN{digits(8)}", f"SNILS-{digits(3)}-{digits(3)}-{digits(3)}"],
@@ -712,27 +721,49 @@ class _Phantom:
 
 # 5x7 bitmap font (columns, bit 0 = top row) for burned-in annotations.
 _FONT: dict[str, tuple[int, ...]] = {
-    "0": (0x3E, 0x51, 0x49, 0x45, 0x3E), "1": (0x00, 0x42, 0x7F, 0x40, 0x00),
-    "2": (0x42, 0x61, 0x51, 0x49, 0x46), "3": (0x21, 0x41, 0x45, 0x4B, 0x31),
-    "4": (0x18, 0x14, 0x12, 0x7F, 0x10), "5": (0x27, 0x45, 0x45, 0x45, 0x39),
-    "6": (0x3C, 0x4A, 0x49, 0x49, 0x30), "7": (0x01, 0x71, 0x09, 0x05, 0x03),
-    "8": (0x36, 0x49, 0x49, 0x49, 0x36), "9": (0x06, 0x49, 0x49, 0x29, 0x1E),
-    "A": (0x7E, 0x11, 0x11, 0x11, 0x7E), "B": (0x7F, 0x49, 0x49, 0x49, 0x36),
-    "C": (0x3E, 0x41, 0x41, 0x41, 0x22), "D": (0x7F, 0x41, 0x41, 0x22, 0x1C),
-    "E": (0x7F, 0x49, 0x49, 0x49, 0x41), "F": (0x7F, 0x09, 0x09, 0x01, 0x01),
-    "G": (0x3E, 0x41, 0x41, 0x51, 0x32), "H": (0x7F, 0x08, 0x08, 0x08, 0x7F),
-    "I": (0x00, 0x41, 0x7F, 0x41, 0x00), "J": (0x20, 0x40, 0x41, 0x3F, 0x01),
-    "K": (0x7F, 0x08, 0x14, 0x22, 0x41), "L": (0x7F, 0x40, 0x40, 0x40, 0x40),
-    "M": (0x7F, 0x02, 0x04, 0x02, 0x7F), "N": (0x7F, 0x04, 0x08, 0x10, 0x7F),
-    "O": (0x3E, 0x41, 0x41, 0x41, 0x3E), "P": (0x7F, 0x09, 0x09, 0x09, 0x06),
-    "Q": (0x3E, 0x41, 0x51, 0x21, 0x5E), "R": (0x7F, 0x09, 0x19, 0x29, 0x46),
-    "S": (0x46, 0x49, 0x49, 0x49, 0x31), "T": (0x01, 0x01, 0x7F, 0x01, 0x01),
-    "U": (0x3F, 0x40, 0x40, 0x40, 0x3F), "V": (0x1F, 0x20, 0x40, 0x20, 0x1F),
-    "W": (0x7F, 0x20, 0x18, 0x20, 0x7F), "X": (0x63, 0x14, 0x08, 0x14, 0x63),
-    "Y": (0x03, 0x04, 0x78, 0x04, 0x03), "Z": (0x61, 0x51, 0x49, 0x45, 0x43),
-    " ": (0, 0, 0, 0, 0), "-": (0x08, 0x08, 0x08, 0x08, 0x08), ".": (0x00, 0x60, 0x60, 0x00, 0x00),
-    ":": (0x00, 0x36, 0x36, 0x00, 0x00), "/": (0x20, 0x10, 0x08, 0x04, 0x02),
-    "^": (0x04, 0x02, 0x01, 0x02, 0x04), "?": (0x02, 0x01, 0x51, 0x09, 0x06),
+    "0": (0x3E, 0x51, 0x49, 0x45, 0x3E),
+    "1": (0x00, 0x42, 0x7F, 0x40, 0x00),
+    "2": (0x42, 0x61, 0x51, 0x49, 0x46),
+    "3": (0x21, 0x41, 0x45, 0x4B, 0x31),
+    "4": (0x18, 0x14, 0x12, 0x7F, 0x10),
+    "5": (0x27, 0x45, 0x45, 0x45, 0x39),
+    "6": (0x3C, 0x4A, 0x49, 0x49, 0x30),
+    "7": (0x01, 0x71, 0x09, 0x05, 0x03),
+    "8": (0x36, 0x49, 0x49, 0x49, 0x36),
+    "9": (0x06, 0x49, 0x49, 0x29, 0x1E),
+    "A": (0x7E, 0x11, 0x11, 0x11, 0x7E),
+    "B": (0x7F, 0x49, 0x49, 0x49, 0x36),
+    "C": (0x3E, 0x41, 0x41, 0x41, 0x22),
+    "D": (0x7F, 0x41, 0x41, 0x22, 0x1C),
+    "E": (0x7F, 0x49, 0x49, 0x49, 0x41),
+    "F": (0x7F, 0x09, 0x09, 0x01, 0x01),
+    "G": (0x3E, 0x41, 0x41, 0x51, 0x32),
+    "H": (0x7F, 0x08, 0x08, 0x08, 0x7F),
+    "I": (0x00, 0x41, 0x7F, 0x41, 0x00),
+    "J": (0x20, 0x40, 0x41, 0x3F, 0x01),
+    "K": (0x7F, 0x08, 0x14, 0x22, 0x41),
+    "L": (0x7F, 0x40, 0x40, 0x40, 0x40),
+    "M": (0x7F, 0x02, 0x04, 0x02, 0x7F),
+    "N": (0x7F, 0x04, 0x08, 0x10, 0x7F),
+    "O": (0x3E, 0x41, 0x41, 0x41, 0x3E),
+    "P": (0x7F, 0x09, 0x09, 0x09, 0x06),
+    "Q": (0x3E, 0x41, 0x51, 0x21, 0x5E),
+    "R": (0x7F, 0x09, 0x19, 0x29, 0x46),
+    "S": (0x46, 0x49, 0x49, 0x49, 0x31),
+    "T": (0x01, 0x01, 0x7F, 0x01, 0x01),
+    "U": (0x3F, 0x40, 0x40, 0x40, 0x3F),
+    "V": (0x1F, 0x20, 0x40, 0x20, 0x1F),
+    "W": (0x7F, 0x20, 0x18, 0x20, 0x7F),
+    "X": (0x63, 0x14, 0x08, 0x14, 0x63),
+    "Y": (0x03, 0x04, 0x78, 0x04, 0x03),
+    "Z": (0x61, 0x51, 0x49, 0x45, 0x43),
+    " ": (0, 0, 0, 0, 0),
+    "-": (0x08, 0x08, 0x08, 0x08, 0x08),
+    ".": (0x00, 0x60, 0x60, 0x00, 0x00),
+    ":": (0x00, 0x36, 0x36, 0x00, 0x00),
+    "/": (0x20, 0x10, 0x08, 0x04, 0x02),
+    "^": (0x04, 0x02, 0x01, 0x02, 0x04),
+    "?": (0x02, 0x01, 0x51, 0x09, 0x06),
 }
 
 
@@ -1058,9 +1089,11 @@ def generate_study(out_dir: Path, spec: StudySpec) -> GeneratedStudy:
             mask = None
             box: tuple[int, int, int, int] | None = None
             if burned:
-                name = spec.patient_name if spec.patient_name.isascii() else spec.patient_name.encode(
-                    "ascii", "replace"
-                ).decode()
+                name = (
+                    spec.patient_name
+                    if spec.patient_name.isascii()
+                    else spec.patient_name.encode("ascii", "replace").decode()
+                )
                 lines = [name, f"ID {spec.patient_id}", f"DOB {spec.patient_birth_date}", spec.study_date]
                 mask = _text_mask(lines, s.rows, s.cols)
                 ys, xs = np.nonzero(mask)
@@ -1114,9 +1147,7 @@ def generate_study(out_dir: Path, spec: StudySpec) -> GeneratedStudy:
                     enc.file_meta = _file_meta(sop_class, sop_uid, ExplicitVRLittleEndian)
                     _encode_j2k(enc, pixels)
                     enc.save_as(path, enforce_file_format=True)
-                instances.append(
-                    GeneratedInstance(path, sop_class, sop_uid, series_uid, ts, modality, s.frames, box)
-                )
+                instances.append(GeneratedInstance(path, sop_class, sop_uid, series_uid, ts, modality, s.frames, box))
         if jobs:
             with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
                 list(pool.map(lambda j: _dcmtk(*j), jobs))
@@ -1218,8 +1249,13 @@ def demo_studies() -> list[StudySpec]:
             series=[
                 SeriesSpec(images=24, rows=512, cols=512, description="Chest 2.5mm", body_part="CHEST"),
                 SeriesSpec(
-                    images=16, rows=512, cols=512, transfer_syntax="jpeg-lossless",
-                    description="Chest 5mm", body_part="CHEST", slice_thickness=5.0,
+                    images=16,
+                    rows=512,
+                    cols=512,
+                    transfer_syntax="jpeg-lossless",
+                    description="Chest 5mm",
+                    body_part="CHEST",
+                    slice_thickness=5.0,
                 ),
             ],
             phi_rich=True,
@@ -1234,10 +1270,24 @@ def demo_studies() -> list[StudySpec]:
             study_description="MRI of joints",
             modality="MR",
             series=[
-                SeriesSpec(images=20, rows=256, cols=256, transfer_syntax="jpeg-ls", description="T1 SE",
-                           body_part="KNEE", slice_thickness=4.0),
-                SeriesSpec(images=20, rows=256, cols=256, transfer_syntax="jpeg2000", description="T2 SE",
-                           body_part="KNEE", slice_thickness=4.0),
+                SeriesSpec(
+                    images=20,
+                    rows=256,
+                    cols=256,
+                    transfer_syntax="jpeg-ls",
+                    description="T1 SE",
+                    body_part="KNEE",
+                    slice_thickness=4.0,
+                ),
+                SeriesSpec(
+                    images=20,
+                    rows=256,
+                    cols=256,
+                    transfer_syntax="jpeg2000",
+                    description="T2 SE",
+                    body_part="KNEE",
+                    slice_thickness=4.0,
+                ),
             ],
             phi_rich=True,
         ),
@@ -1251,8 +1301,15 @@ def demo_studies() -> list[StudySpec]:
             study_description="Chest X-ray PA with report",
             modality="CR",
             series=[
-                SeriesSpec(images=2, rows=1024, cols=832, bits=8, transfer_syntax="jpeg-baseline",
-                           description="Chest PA", body_part="CHEST"),
+                SeriesSpec(
+                    images=2,
+                    rows=1024,
+                    cols=832,
+                    bits=8,
+                    transfer_syntax="jpeg-baseline",
+                    description="Chest PA",
+                    body_part="CHEST",
+                ),
             ],
             include_pdf=True,
             phi_rich=True,
@@ -1268,10 +1325,24 @@ def demo_studies() -> list[StudySpec]:
             study_description="US abdomen",
             modality="US",
             series=[
-                SeriesSpec(images=1, frames=24, rows=300, cols=400, color=True, transfer_syntax="rle",
-                           description="Liver cine", body_part="ABDOMEN"),
-                SeriesSpec(images=3, rows=300, cols=400, transfer_syntax="implicit",
-                           description="Liver stills", body_part="ABDOMEN"),
+                SeriesSpec(
+                    images=1,
+                    frames=24,
+                    rows=300,
+                    cols=400,
+                    color=True,
+                    transfer_syntax="rle",
+                    description="Liver cine",
+                    body_part="ABDOMEN",
+                ),
+                SeriesSpec(
+                    images=3,
+                    rows=300,
+                    cols=400,
+                    transfer_syntax="implicit",
+                    description="Liver stills",
+                    body_part="ABDOMEN",
+                ),
             ],
             phi_rich=True,
         ),
@@ -1285,8 +1356,7 @@ def demo_studies() -> list[StudySpec]:
             study_description="Outside images (screen capture)",
             modality="OT",
             series=[
-                SeriesSpec(images=2, rows=480, cols=640, transfer_syntax="deflated",
-                           description="Screen capture"),
+                SeriesSpec(images=2, rows=480, cols=640, transfer_syntax="deflated", description="Screen capture"),
             ],
             burned_in_annotation=True,
             phi_rich=True,

@@ -147,6 +147,4 @@ def start_receiver(settings: Settings, *, block: bool = False):  # type: ignore[
         "Storage SCP listening",
         extra={"details": {"ae": settings.pacs.calling_ae, "port": settings.pacs.scp_port}},
     )
-    return ae.start_server(
-        (settings.pacs.scp_bind, settings.pacs.scp_port), block=block, evt_handlers=handlers
-    )
+    return ae.start_server((settings.pacs.scp_bind, settings.pacs.scp_port), block=block, evt_handlers=handlers)

@@ -61,9 +61,7 @@ def associate(settings: Settings, contexts: list, *, roles: list | None = None, 
     ae = make_ae(settings)
     ae.requested_contexts = contexts
     p = settings.pacs
-    assoc = ae.associate(
-        p.host, p.port, ae_title=p.called_ae, ext_neg=roles or None, evt_handlers=handlers or None
-    )
+    assoc = ae.associate(p.host, p.port, ae_title=p.called_ae, ext_neg=roles or None, evt_handlers=handlers or None)
     if not assoc.is_established:
         reason = "rejected the association" if assoc.is_rejected else "is unreachable"
         raise PacsUnavailable(f"The PACS at {p.host}:{p.port} ({p.called_ae}) {reason}")

@@ -31,12 +31,25 @@ ARTIFACTS = Path(__file__).parents[1] / "artifacts"  # CLI output of every run, 
 
 def start_publish(env: dict[str, str], study: GeneratedStudy, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(STUDYPUB), "publish", "--patient-id", study.patient_id, "--accession", study.accession_number, *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(STUDYPUB),
+            "publish",
+            "--patient-id",
+            study.patient_id,
+            "--accession",
+            study.accession_number,
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def finish_publish(proc: subprocess.Popen[str], study: GeneratedStudy, timeout: float = 240) -> tuple[int, dict[str, Any], str]:
+def finish_publish(
+    proc: subprocess.Popen[str], study: GeneratedStudy, timeout: float = 240
+) -> tuple[int, dict[str, Any], str]:
     stdout, stderr = proc.communicate(timeout=timeout)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"publish-{study.accession_number}-{time.time_ns()}.log").write_text(stdout + stderr)
@@ -45,7 +58,9 @@ def finish_publish(proc: subprocess.Popen[str], study: GeneratedStudy, timeout: 
     return proc.returncode, json.loads(lines[0]), stderr
 
 
-def run_publish(env: dict[str, str], study: GeneratedStudy, *extra: str, timeout: float = 240) -> tuple[int, dict[str, Any], str]:
+def run_publish(
+    env: dict[str, str], study: GeneratedStudy, *extra: str, timeout: float = 240
+) -> tuple[int, dict[str, Any], str]:
     return finish_publish(start_publish(env, study, *extra), study, timeout)
 
 
@@ -66,14 +81,23 @@ def base_env(isolated_env: Path, prefect_api_url: str, studypub_scp_port: int) -
 
 @pytest.fixture
 def orthanc_env(base_env: dict[str, str], orthanc: OrthancServer) -> dict[str, str]:
-    return dict(base_env, STUDYPUB_PACS__HOST=LOOPBACK, STUDYPUB_PACS__PORT=str(orthanc.dicom_port),
-                STUDYPUB_PACS__CALLED_AE=orthanc.aet)
+    return dict(
+        base_env,
+        STUDYPUB_PACS__HOST=LOOPBACK,
+        STUDYPUB_PACS__PORT=str(orthanc.dicom_port),
+        STUDYPUB_PACS__CALLED_AE=orthanc.aet,
+    )
 
 
 def s3_env(env: dict[str, str], s3_server: Any, bucket: str) -> dict[str, str]:
-    return dict(env, STUDYPUB_STORAGE__URL=f"s3://{bucket}/published", STUDYPUB_STORAGE__ENDPOINT_URL=s3_server.endpoint_url,
-                STUDYPUB_STORAGE__ACCESS_KEY_ID="testing", STUDYPUB_STORAGE__SECRET_ACCESS_KEY="testing-secret",
-                STUDYPUB_STORAGE__REGION="us-east-1")
+    return dict(
+        env,
+        STUDYPUB_STORAGE__URL=f"s3://{bucket}/published",
+        STUDYPUB_STORAGE__ENDPOINT_URL=s3_server.endpoint_url,
+        STUDYPUB_STORAGE__ACCESS_KEY_ID="testing",
+        STUDYPUB_STORAGE__SECRET_ACCESS_KEY="testing-secret",
+        STUDYPUB_STORAGE__REGION="us-east-1",
+    )
 
 
 def bucket_keys(s3_server: Any, bucket: str) -> list[str]:
@@ -129,8 +153,13 @@ def flow_runs_parameters(prefect_api_url: str) -> list[dict[str, Any]]:
 
 
 def test_study_in_orthanc_is_published_to_s3_once(
-    orthanc_env: dict[str, str], orthanc: OrthancServer, s3_server: Any, s3_bucket: str, pg_database: str,
-    study_factory: Callable[..., GeneratedStudy], prefect_api_url: str,
+    orthanc_env: dict[str, str],
+    orthanc: OrthancServer,
+    s3_server: Any,
+    s3_bucket: str,
+    pg_database: str,
+    study_factory: Callable[..., GeneratedStudy],
+    prefect_api_url: str,
 ) -> None:
     study = study_factory(
         series=[
@@ -183,7 +212,9 @@ def test_study_in_orthanc_is_published_to_s3_once(
     assert bucket_keys(s3_server, s3_bucket) == keys
 
 
-def test_study_not_in_pacs_fails_with_a_reason(orthanc_env: dict[str, str], study_factory: Callable[..., GeneratedStudy]) -> None:
+def test_study_not_in_pacs_fails_with_a_reason(
+    orthanc_env: dict[str, str], study_factory: Callable[..., GeneratedStudy]
+) -> None:
     study = study_factory()  # never loaded into the PACS
     code, result, _ = run_publish(orthanc_env, study)
     assert code == 1
@@ -199,7 +230,11 @@ def test_patient_id_mismatch_retrieves_nothing(
     orthanc.upload(study.paths)
     proc = subprocess.run(
         [str(STUDYPUB), "publish", "--patient-id", "SOMEONE-ELSE", "--accession", study.accession_number],
-        env=orthanc_env, capture_output=True, text=True, timeout=120, check=False,
+        env=orthanc_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     result = json.loads(proc.stdout)
     assert proc.returncode == 1 and result["step"] == "find"
@@ -209,15 +244,28 @@ def test_patient_id_mismatch_retrieves_nothing(
 
 
 def test_pacs_down_then_back(
-    base_env: dict[str, str], tmp_path: Path, studypub_scp_port: int, study_factory: Callable[..., GeneratedStudy]
+    base_env: dict[str, str],
+    tmp_path: Path,
+    studypub_scp_port: int,
+    study_factory: Callable[..., GeneratedStudy],
 ) -> None:
     """The PACS is not there when the publication starts; find retries until it comes up."""
     study = study_factory()
     port = free_port()
-    env = dict(base_env, STUDYPUB_PACS__HOST=LOOPBACK, STUDYPUB_PACS__PORT=str(port), STUDYPUB_PACS__CALLED_AE="LATEPACS",
-               STUDYPUB_PACS__FIND_ATTEMPTS="8", STUDYPUB_PACS__FIND_RETRY_DELAY="2")
-    late = OrthancServer(tmp_path / "late-pacs", aet="LATEPACS", dicom_port=port,
-                         modalities={"STUDYPUB": ("STUDYPUB", LOOPBACK, studypub_scp_port)})
+    env = dict(
+        base_env,
+        STUDYPUB_PACS__HOST=LOOPBACK,
+        STUDYPUB_PACS__PORT=str(port),
+        STUDYPUB_PACS__CALLED_AE="LATEPACS",
+        STUDYPUB_PACS__FIND_ATTEMPTS="8",
+        STUDYPUB_PACS__FIND_RETRY_DELAY="2",
+    )
+    late = OrthancServer(
+        tmp_path / "late-pacs",
+        aet="LATEPACS",
+        dicom_port=port,
+        modalities={"STUDYPUB": ("STUDYPUB", LOOPBACK, studypub_scp_port)},
+    )
     proc = start_publish(env, study)
     try:
         time.sleep(5)
@@ -233,7 +281,10 @@ def test_pacs_down_then_back(
 
 
 def test_storage_down_then_back(
-    orthanc_env: dict[str, str], orthanc: OrthancServer, s3_server: Any, s3_bucket: str,
+    orthanc_env: dict[str, str],
+    orthanc: OrthancServer,
+    s3_server: Any,
+    s3_bucket: str,
     study_factory: Callable[..., GeneratedStudy],
 ) -> None:
     """S3 is down while the archive is uploaded; the upload step retries with backoff and succeeds."""
@@ -254,8 +305,12 @@ def test_storage_down_then_back(
 
 
 def test_failed_publication_resumes_without_a_second_link_or_object(
-    orthanc_env: dict[str, str], orthanc: OrthancServer, s3_server: Any, s3_bucket: str,
-    study_factory: Callable[..., GeneratedStudy], prefect_api_url: str,
+    orthanc_env: dict[str, str],
+    orthanc: OrthancServer,
+    s3_server: Any,
+    s3_bucket: str,
+    study_factory: Callable[..., GeneratedStudy],
+    prefect_api_url: str,
 ) -> None:
     study = study_factory()
     orthanc.upload(study.paths)
@@ -268,7 +323,11 @@ def test_failed_publication_resumes_without_a_second_link_or_object(
     s3_server.start()
     code, done, stderr = run_publish(env, study)
     assert code == 0, (done, stderr[-3000:])
-    assert (done["task_id"], done["link"], done["object_key"]) == (failed["task_id"], failed["link"], failed["object_key"])
+    assert (done["task_id"], done["link"], done["object_key"]) == (
+        failed["task_id"],
+        failed["link"],
+        failed["object_key"],
+    )
     assert bucket_keys(s3_server, s3_bucket) == [f"published/{done['object_key']}"]
     # The second run resumed at the upload: no retrieval, no anonymisation again.
     events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
@@ -280,7 +339,9 @@ def test_failed_publication_resumes_without_a_second_link_or_object(
 def test_cget_to_local_storage_on_sqlite(
     orthanc_env: dict[str, str], orthanc: OrthancServer, study_factory: Callable[..., GeneratedStudy]
 ) -> None:
-    study = study_factory(series=[SeriesSpec(images=4, rows=64, cols=64, transfer_syntax=ts) for ts in ("jpeg-ls", "rle")])
+    study = study_factory(
+        series=[SeriesSpec(images=4, rows=64, cols=64, transfer_syntax=ts) for ts in ("jpeg-ls", "rle")]
+    )
     orthanc.upload(study.paths)
     storage = Path(orthanc_env["STUDYPUB_WORK_DIR"]).parent / "published"
     env = dict(orthanc_env, STUDYPUB_PACS__RETRIEVE_METHOD="get", STUDYPUB_STORAGE__URL=storage.as_uri())
@@ -300,10 +361,27 @@ def test_cmove_from_dcmqrscp(
 ) -> None:
     """A second, independent Q/R SCP (dcmtk) as the PACS. It cannot transcode and sends uncompressed
     instances only (its default proposal), so the study is uncompressed here."""
-    study = study_factory(series=[SeriesSpec(images=3, rows=128, cols=128, transfer_syntax=ts) for ts in ("explicit", "implicit")])
+    study = study_factory(
+        series=[SeriesSpec(images=3, rows=128, cols=128, transfer_syntax=ts) for ts in ("explicit", "implicit")]
+    )
     dcmqrscp.load(study.paths)
-    env = dict(base_env, STUDYPUB_PACS__HOST=LOOPBACK, STUDYPUB_PACS__PORT=str(dcmqrscp.port),
-               STUDYPUB_PACS__CALLED_AE=dcmqrscp.aet)
+    env = dict(
+        base_env,
+        STUDYPUB_PACS__HOST=LOOPBACK,
+        STUDYPUB_PACS__PORT=str(dcmqrscp.port),
+        STUDYPUB_PACS__CALLED_AE=dcmqrscp.aet,
+    )
     code, result, stderr = run_publish(env, study)
     assert code == 0, (result, stderr[-3000:])
     assert result["instances"] == study.instance_count
+
+
+def test_two_studies_with_one_accession_are_ambiguous(
+    orthanc_env: dict[str, str], orthanc: OrthancServer, study_factory: Callable[..., GeneratedStudy]
+) -> None:
+    first = study_factory()
+    second = study_factory(accession_number=first.accession_number, patient_id=f"{first.patient_id}X")
+    orthanc.upload(first.paths + second.paths)
+    code, result, _ = run_publish(orthanc_env, first)
+    assert code == 1 and result["step"] == "find"
+    assert "ambiguous: 2 studies" in result["reason"]

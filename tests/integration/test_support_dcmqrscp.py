@@ -30,13 +30,15 @@ def test_find_and_move_from_dcmqrscp(
     study = _uncompressed(study_factory)
     assert dcmqrscp.load(study.paths) == study.instance_count
     assert c_echo(dcmqrscp.host, dcmqrscp.port, dcmqrscp.aet) == 0
-    matches = c_find_studies(dcmqrscp.host, dcmqrscp.port, dcmqrscp.aet, STUDYPUB_AET,
-                             AccessionNumber=study.accession_number)
+    matches = c_find_studies(
+        dcmqrscp.host, dcmqrscp.port, dcmqrscp.aet, STUDYPUB_AET, AccessionNumber=study.accession_number
+    )
     assert [m.StudyInstanceUID for m in matches] == [study.study_instance_uid]
     assert matches[0].PatientID == study.patient_id
 
-    result = c_move_study(dcmqrscp.host, dcmqrscp.port, dcmqrscp.aet, study.study_instance_uid,
-                          STUDYPUB_AET, STUDYPUB_AET)
+    result = c_move_study(
+        dcmqrscp.host, dcmqrscp.port, dcmqrscp.aet, study.study_instance_uid, STUDYPUB_AET, STUDYPUB_AET
+    )
     assert result.status == 0x0000, result
     assert result.completed == study.instance_count
     got = storage_scp.for_study(study.study_instance_uid)

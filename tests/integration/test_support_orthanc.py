@@ -17,8 +17,9 @@ def _mixed(study_factory: Callable[..., GeneratedStudy]) -> GeneratedStudy:
     syntaxes = ["implicit", "explicit", "deflated", "jpeg-lossless", "jpeg-ls", "jpeg2000", "rle"]
     syntaxes = [ts for ts in syntaxes if transfer_syntax_unavailable_reason(ts) is None]
     series = [SeriesSpec(images=1, rows=96, cols=96, transfer_syntax=ts) for ts in syntaxes]
-    series.append(SeriesSpec(modality="OT", images=1, frames=3, rows=64, cols=64, color=True,
-                             transfer_syntax="jpeg-baseline"))
+    series.append(
+        SeriesSpec(modality="OT", images=1, frames=3, rows=64, cols=64, color=True, transfer_syntax="jpeg-baseline")
+    )
     return study_factory(series=series, include_pdf=True)
 
 
@@ -40,14 +41,16 @@ def test_find_and_move_from_orthanc(
 ) -> None:
     study = _mixed(study_factory)
     orthanc.upload(study.paths)
-    matches = c_find_studies(orthanc.host, orthanc.dicom_port, orthanc.aet, STUDYPUB_AET,
-                             AccessionNumber=study.accession_number)
+    matches = c_find_studies(
+        orthanc.host, orthanc.dicom_port, orthanc.aet, STUDYPUB_AET, AccessionNumber=study.accession_number
+    )
     assert len(matches) == 1
     assert matches[0].StudyInstanceUID == study.study_instance_uid
     assert matches[0].PatientID == study.patient_id
 
-    result = c_move_study(orthanc.host, orthanc.dicom_port, orthanc.aet, study.study_instance_uid,
-                          STUDYPUB_AET, STUDYPUB_AET)
+    result = c_move_study(
+        orthanc.host, orthanc.dicom_port, orthanc.aet, study.study_instance_uid, STUDYPUB_AET, STUDYPUB_AET
+    )
     assert result.status == 0x0000, result
     got = storage_scp.for_study(study.study_instance_uid)
     assert len(got) == study.instance_count
@@ -56,21 +59,26 @@ def test_find_and_move_from_orthanc(
     assert {r.transfer_syntax_uid for r in got} == {i.transfer_syntax_uid for i in study.instances}
 
 
-def test_modality_registered_at_run_time(
-    orthanc: OrthancServer, study_factory: Callable[..., GeneratedStudy]
-) -> None:
+def test_modality_registered_at_run_time(orthanc: OrthancServer, study_factory: Callable[..., GeneratedStudy]) -> None:
     study = study_factory()
     orthanc.upload(study.paths)
     with StorageSCP(aet="LATECOMER", port=free_port()) as scp:
         # Unknown destination first: Orthanc refuses the move.
-        refused = c_move_study(orthanc.host, orthanc.dicom_port, orthanc.aet, study.study_instance_uid,
-                               "LATECOMER", STUDYPUB_AET)
+        refused = c_move_study(
+            orthanc.host, orthanc.dicom_port, orthanc.aet, study.study_instance_uid, "LATECOMER", STUDYPUB_AET
+        )
         assert refused.status != 0x0000
         orthanc.add_modality("latecomer", "LATECOMER", scp.host, scp.port)
         try:
             assert "latecomer" in orthanc.list_modalities()
-            ok = c_move_study(orthanc.host, orthanc.dicom_port, orthanc.aet, study.study_instance_uid,
-                              "LATECOMER", STUDYPUB_AET)
+            ok = c_move_study(
+                orthanc.host,
+                orthanc.dicom_port,
+                orthanc.aet,
+                study.study_instance_uid,
+                "LATECOMER",
+                STUDYPUB_AET,
+            )
             assert ok.status == 0x0000
             assert len(scp.for_study(study.study_instance_uid)) == study.instance_count
         finally:
@@ -87,10 +95,21 @@ def test_orthanc_modality_fixture(
     with StorageSCP(aet="VIAFIXTURE") as scp:
         orthanc_modality("viafixture", "VIAFIXTURE", scp.port)
         # The registered peer may also query (Orthanc allows known AEs only).
-        assert c_find_studies(orthanc.host, orthanc.dicom_port, orthanc.aet, "VIAFIXTURE",
-                              AccessionNumber=study.accession_number)
-        result = c_move_study(orthanc.host, orthanc.dicom_port, orthanc.aet, study.study_instance_uid,
-                              "VIAFIXTURE", "VIAFIXTURE")
+        assert c_find_studies(
+            orthanc.host,
+            orthanc.dicom_port,
+            orthanc.aet,
+            "VIAFIXTURE",
+            AccessionNumber=study.accession_number,
+        )
+        result = c_move_study(
+            orthanc.host,
+            orthanc.dicom_port,
+            orthanc.aet,
+            study.study_instance_uid,
+            "VIAFIXTURE",
+            "VIAFIXTURE",
+        )
         assert result.status == 0 and len(scp.for_study(study.study_instance_uid)) == study.instance_count
 
 

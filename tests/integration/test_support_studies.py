@@ -69,8 +69,16 @@ def test_phi_rich_values_are_in_the_files(tmp_path: Path) -> None:
     study = generate_study(tmp_path, small_study_spec(include_pdf=True, burned_in_annotation=True))
     values = study.identifying_values
     assert study.spec.patient_name in values and study.spec.patient_id in values
-    for where in ("PatientAddress", "InstitutionAddress", "OperatorsName", "StationName", "private", "pdf",
-                  "ScheduledProcedureStepID", "pixels"):
+    for where in (
+        "PatientAddress",
+        "InstitutionAddress",
+        "OperatorsName",
+        "StationName",
+        "private",
+        "pdf",
+        "ScheduledProcedureStepID",
+        "pixels",
+    ):
         assert study.identifying_by_keyword.get(where), where
     blob = b"".join(p.read_bytes() for p in study.paths if "S001" in str(p))  # uncompressed series
     for value in study.identifying_by_keyword["PatientAddress"] | study.identifying_by_keyword["private"]:

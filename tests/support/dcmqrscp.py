@@ -65,9 +65,7 @@ class DcmQrScp:
         self._proc: ManagedProcess | None = None
 
     def config_text(self) -> str:
-        hosts = "\n".join(
-            f"{name:<16} = ({aet}, {host}, {port})" for name, (aet, host, port) in self.peers.items()
-        )
+        hosts = "\n".join(f"{name:<16} = ({aet}, {host}, {port})" for name, (aet, host, port) in self.peers.items())
         return (
             f"NetworkTCPPort  = {self.port}\n"
             f"MaxPDUSize      = {self.max_pdu}\n"
@@ -101,8 +99,7 @@ class DcmQrScp:
             started = time.monotonic()
             self._proc.start()
             try:
-                wait_until(lambda: port_open(self.port), self.startup_timeout, "dcmqrscp",
-                           alive=self._proc.running)
+                wait_until(lambda: port_open(self.port), self.startup_timeout, "dcmqrscp", alive=self._proc.running)
             except RuntimeError as exc:
                 tail = self._proc.log_tail()
                 self._proc.stop()
@@ -138,8 +135,7 @@ class DcmQrScp:
             shutil.copyfile(src, dst)
             copies.append(str(dst))
         for i in range(0, len(copies), 200):
-            subprocess.run(["dcmqridx", str(self.storage_dir), *copies[i : i + 200]],
-                           check=True, capture_output=True)
+            subprocess.run(["dcmqridx", str(self.storage_dir), *copies[i : i + 200]], check=True, capture_output=True)
         return len(copies)
 
     def store(self, paths: Iterable[Path], calling_aet: str = "STORESCU") -> None:
@@ -152,6 +148,7 @@ class DcmQrScp:
 
     def instance_count(self) -> int:
         """Number of instances in the index (``dcmqridx -p``)."""
-        out = subprocess.run(["dcmqridx", "-p", str(self.storage_dir)], capture_output=True, text=True,
-                             check=False).stdout
+        out = subprocess.run(
+            ["dcmqridx", "-p", str(self.storage_dir)], capture_output=True, text=True, check=False
+        ).stdout
         return sum(1 for line in out.splitlines() if "filename" in line.lower())

@@ -130,15 +130,21 @@ def c_echo(host: str, port: int, called_aet: str, calling_aet: str = "STUDYPUB")
         assoc.release()
 
 
-def c_find_studies(
-    host: str, port: int, called_aet: str, calling_aet: str = "STUDYPUB", **keys: str
-) -> list[Dataset]:
+def c_find_studies(host: str, port: int, called_aet: str, calling_aet: str = "STUDYPUB", **keys: str) -> list[Dataset]:
     """Study-level C-FIND (Study Root); ``keys`` are matching keys, e.g. ``AccessionNumber=...``.
     Returns the matches (each with StudyInstanceUID, PatientID, AccessionNumber, ...)."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
-    for kw in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber", "StudyDate",
-               "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedInstances"):
+    for kw in (
+        "StudyInstanceUID",
+        "PatientID",
+        "PatientName",
+        "AccessionNumber",
+        "StudyDate",
+        "StudyDescription",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+    ):
         setattr(query, kw, "")
     for kw, value in keys.items():
         setattr(query, kw, value)

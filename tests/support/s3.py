@@ -67,8 +67,12 @@ class S3Server:
         started = time.monotonic()
         self._proc.start()
         try:
-            wait_until(lambda: _answers(self.endpoint_url + "/"), self.startup_timeout, "moto server",
-                       alive=self._proc.running)
+            wait_until(
+                lambda: _answers(self.endpoint_url + "/"),
+                self.startup_timeout,
+                "moto server",
+                alive=self._proc.running,
+            )
         except (RuntimeError, TimeoutError) as exc:
             tail = self._proc.log_tail()
             self._proc.stop()

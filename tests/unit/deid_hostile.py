@@ -266,9 +266,7 @@ def add_fail_closed_extras(ds: Dataset) -> None:
     ds.add_new(RETIRED_UNLISTED_TAG, "LO", "ZQXRETIRED")
 
 
-def hostile_dataset(
-    sop_instance_uid: str = ORIG_ROOT + "100", **kwargs: Any
-) -> tuple[FileDataset, dict[int, str]]:
+def hostile_dataset(sop_instance_uid: str = ORIG_ROOT + "100", **kwargs: Any) -> tuple[FileDataset, dict[int, str]]:
     ds = base_dataset(sop_instance_uid, **kwargs)
     added = add_every_table_attribute(ds)
     # the base values win over the generic markers for the attributes tests look at specifically

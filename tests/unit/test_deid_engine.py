@@ -38,9 +38,7 @@ BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 NUMBER_VRS = {"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"}
 
 
-def _anonymise(
-    tmp_path: Path, ds: FileDataset, name: str = "a", **kw: object
-) -> tuple[Path, InstanceOutcome]:
+def _anonymise(tmp_path: Path, ds: FileDataset, name: str = "a", **kw: object) -> tuple[Path, InstanceOutcome]:
     src = H.write(ds, tmp_path / "in" / f"{name}.dcm", implicit=bool(kw.pop("implicit", False)))
     dst = tmp_path / "out" / f"{name}.dcm"
     options = kw.pop("options", DeidOptions())
@@ -163,9 +161,7 @@ def test_references_across_instances_follow_the_new_uids(tmp_path: Path) -> None
     b_out, b_outcome = _anonymise(tmp_path, b, "b")
     a_out, a_outcome = _anonymise(tmp_path, a, "a")
     ra, rb = dcmread(a_out), dcmread(b_out)
-    assert (
-        ra.SourceImageSequence[0].ReferencedSOPInstanceUID == rb.SOPInstanceUID == b_outcome.sop_instance_uid
-    )
+    assert ra.SourceImageSequence[0].ReferencedSOPInstanceUID == rb.SOPInstanceUID == b_outcome.sop_instance_uid
     assert ra.ReferencedImageSequence[0].ReferencedSOPInstanceUID == rb.SOPInstanceUID
     assert ra.SourceImageSequence[0].ReferencedSOPClassUID == b.SOPClassUID  # class UIDs kept
     assert ra.StudyInstanceUID == rb.StudyInstanceUID == a_outcome.study_instance_uid
@@ -258,9 +254,7 @@ def test_burned_in_annotation_policies(tmp_path: Path) -> None:
     src = H.write(ds, tmp_path / "in" / "burned.dcm")
     dst = tmp_path / "out" / "burned.dcm"
     outcome = StudyAnonymiser(H.KEY).anonymise_file(src, dst)
-    assert (
-        outcome.withheld and outcome.withheld_reason == "burned_in_annotation" and outcome.bytes_written == 0
-    )
+    assert outcome.withheld and outcome.withheld_reason == "burned_in_annotation" and outcome.bytes_written == 0
     assert not dst.exists()
     assert outcome.sop_instance_uid.startswith("2.25.")
     assert (outcome.study_instance_uid or "").startswith("2.25.")

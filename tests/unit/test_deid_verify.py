@@ -34,12 +34,8 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _context(path: Path) -> VerificationContext:
-    new = frozenset(
-        str(e.value) for e in H.walk(dcmread(path)) if e.VR == "UI" and str(e.value).startswith("2.25.")
-    )
-    return VerificationContext(
-        original_uids=ORIGINALS, new_uids=new, markers=MARKERS, descriptors=DESCRIPTORS
-    )
+    new = frozenset(str(e.value) for e in H.walk(dcmread(path)) if e.VR == "UI" and str(e.value).startswith("2.25."))
+    return VerificationContext(original_uids=ORIGINALS, new_uids=new, markers=MARKERS, descriptors=DESCRIPTORS)
 
 
 def _tampered(good: Path, tmp_path: Path, change: Callable[[FileDataset], None]) -> Path:
@@ -70,9 +66,7 @@ TAMPERINGS: dict[str, Callable[[FileDataset], None]] = {
     "X attribute present": lambda ds: setattr(ds, "PatientBirthDate", "19330303"),
     "Z attribute with a value": lambda ds: setattr(ds, "PatientName", "Someone^Else"),
     "D attribute not the dummy": lambda ds: setattr(ds, "PatientID", "12345"),
-    "private tag with creator": lambda ds: ds.private_block(0x0009, "ACME", create=True).add_new(
-        1, "LO", "x"
-    ),
+    "private tag with creator": lambda ds: ds.private_block(0x0009, "ACME", create=True).add_new(1, "LO", "x"),
     "private tag without creator": lambda ds: ds.add_new(0x00111001, "LO", "x"),
     "private tag in a sequence": _private_in_sequence,
     "free text inside a Content Sequence": _free_text_in_content,
@@ -111,9 +105,7 @@ ORIGINAL_UID_TAMPERINGS: dict[str, tuple[Callable[[FileDataset], None], str]] = 
 }
 
 
-@pytest.mark.parametrize(
-    ("change", "where"), ORIGINAL_UID_TAMPERINGS.values(), ids=ORIGINAL_UID_TAMPERINGS.keys()
-)
+@pytest.mark.parametrize(("change", "where"), ORIGINAL_UID_TAMPERINGS.values(), ids=ORIGINAL_UID_TAMPERINGS.keys())
 def test_original_uid_anywhere_raises(good: Path, tmp_path: Path, change: Callable, where: str) -> None:
     bad = _tampered(good, tmp_path, change)
     with pytest.raises(DeidVerificationError) as info:
@@ -126,13 +118,9 @@ def test_original_uid_anywhere_raises(good: Path, tmp_path: Path, change: Callab
 LEAKS: dict[str, Callable[[FileDataset], None]] = {
     "name copied to a kept attribute": lambda ds: setattr(ds, "Manufacturer", "ZQXPATIENT"),
     "name in lower case in a longer text": lambda ds: setattr(ds, "Manufacturer", "made for zqxgiven"),
-    "patient id in a nested kept text": lambda ds: setattr(
-        ds.ReferencedImageSequence[0], "Manufacturer", "ZQXPID0001"
-    ),
+    "patient id in a nested kept text": lambda ds: setattr(ds.ReferencedImageSequence[0], "Manufacturer", "ZQXPID0001"),
     "birth date in a kept text": lambda ds: setattr(ds, "SoftwareVersions", "build 19330303"),
-    "description inside a longer kept text": lambda ds: setattr(
-        ds, "ManufacturerModelName", "zqxstudydesc 2"
-    ),
+    "description inside a longer kept text": lambda ds: setattr(ds, "ManufacturerModelName", "zqxstudydesc 2"),
     "name inside a kept binary value (bytes scan)": lambda ds: setattr(ds, "ICCProfile", b"xxZQXPATIENTxx"),
 }
 

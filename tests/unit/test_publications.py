@@ -117,7 +117,14 @@ def test_checkpoints_advance_the_step_and_failure_keeps_a_readable_reason(db_url
 def test_complete_records_the_publication_once(db_url: str) -> None:
     s = get_settings()
     sessions = get_sessionmaker()
-    archive = {"size_bytes": 10, "sha256": "0" * 64, "instances": 2, "withheld": 1, "series": 1, "modalities": ["CT"]}
+    archive = {
+        "size_bytes": 10,
+        "sha256": "0" * 64,
+        "instances": 2,
+        "withheld": 1,
+        "series": 1,
+        "modalities": ["CT"],
+    }
     with sessions() as session:
         task, _ = request_publication(session, s, _req())
         complete(session, s, task.id, archive=archive, profile_version="v")

@@ -15,7 +15,11 @@ def test_nested_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STUDYPUB_LINKS__DEFAULT_RETENTION_DAYS", "14")
     s = Settings()
     assert (s.pacs.host, s.pacs.retrieve_method, s.pacs.calling_ae, s.pacs.scp_port) == (
-        "pacs.clinic.local", "get", "STUDYPUB", 11113)
+        "pacs.clinic.local",
+        "get",
+        "STUDYPUB",
+        11113,
+    )
     assert s.storage_url_resolved == "s3://bucket/prefix" and s.links.default_retention_days == 14
 
 
