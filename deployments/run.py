@@ -80,7 +80,9 @@ def serve_forever(args: Any, settings: Settings) -> int:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Both handled explicitly: a process started in the background may inherit SIGINT as ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     prefect_proc = None
     pacs = None
     receiver = None
@@ -114,6 +116,8 @@ def serve_forever(args: Any, settings: Settings) -> int:
             "Publish a study from another terminal:",
             f"  export PREFECT_API_URL={api}",
         ]
+        if os.environ.get("STUDYPUB_WORK_DIR"):  # the CLI must share the work folder (and the rest of STUDYPUB_*)
+            lines.append(f"  export STUDYPUB_WORK_DIR={settings.work_dir}")
         if specs:
             spec = specs[0]
             lines.append(

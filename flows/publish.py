@@ -142,12 +142,32 @@ def _current_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
+def _mark_ended(reason: str, code: str) -> Any:
+    """A flow-run state hook: a run cancelled by an operator or crashed leaves a FAILED task with a reason,
+    not a RUNNING one (the next run resumes it)."""
+
+    def hook(_flow: Any, flow_run: Any, _state: Any) -> None:
+        task_id = (flow_run.parameters or {}).get("task_id")
+        if not task_id:
+            return
+        settings = get_settings()
+        signal_abort(work_paths(settings.work_dir, task_id), reason)
+        with get_sessionmaker(settings)() as session:
+            task = get_task(session, task_id)
+            if task.status == TaskStatus.RUNNING:
+                fail(session, task_id, PublicationError(reason, code=code))
+
+    return hook
+
+
 @flow(
     name="publish-study",
     flow_run_name="publish-{task_id}",
     task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
     persist_result=False,
     log_prints=False,
+    on_cancellation=[_mark_ended("the run was cancelled in Prefect", "cancelled")],
+    on_crashed=[_mark_ended("the run crashed; operators: see the Prefect run", "crashed")],
 )
 def publish_study(task_id: str) -> dict[str, Any]:
     """Publish one study. Returns the task's id, status and sizes (no identifiers)."""

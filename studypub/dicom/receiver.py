@@ -45,13 +45,14 @@ def instance_file_name(secret: bytes, sop_instance_uid: str) -> str:
     return hmac.new(secret, b"sop:" + sop_instance_uid.encode(), hashlib.sha256).hexdigest()[:40] + ".dcm"
 
 
-def write_instance(event: Event, dest_dir: Path, secret: bytes) -> Path:
-    """Write a received instance, as sent, into ``dest_dir`` under a name that carries no identifier."""
-    sop_uid = str(event.request.AffectedSOPInstanceUID)
+def write_instance(event: Event, dest_dir: Path, secret: bytes, encoded: bytes | None = None) -> Path:
+    """Write a received instance, as sent (Part-10: preamble, file meta, dataset), into ``dest_dir`` under a
+    name that carries no identifier."""
+    sop_uid = str(event.request.AffectedSOPInstanceUID)  # type: ignore[union-attr]
     final = dest_dir / instance_file_name(secret, sop_uid)
     tmp = final.with_suffix(f".{os.getpid()}.{id(event)}.part")
     with tmp.open("wb") as fh:
-        fh.write(event.encoded_dataset())
+        fh.write(encoded if encoded is not None else event.encoded_dataset())
     tmp.replace(final)
     return final
 
@@ -87,7 +88,9 @@ class Registry:
 
 
 def study_uid_of(encoded: bytes) -> str | None:
-    ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=[STUDY_INSTANCE_UID], force=True)
+    """The StudyInstanceUID of a Part-10 encoded instance (its file meta names the transfer syntax, so
+    deflated and big-endian data sets parse too)."""
+    ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=[STUDY_INSTANCE_UID])
     value = ds.get("StudyInstanceUID")
     return str(value) if value else None
 
@@ -95,7 +98,7 @@ def study_uid_of(encoded: bytes) -> str | None:
 def make_store_handler(registry: Registry) -> Callable[[Event], int]:
     def handle_store(event: Event) -> int:
         try:
-            encoded = event.encoded_dataset(include_meta=False)
+            encoded = event.encoded_dataset()
             study_uid = study_uid_of(encoded)
         except Exception:
             log.warning("Refused an instance that could not be parsed")
@@ -105,7 +108,7 @@ def make_store_handler(registry: Registry) -> Callable[[Event], int]:
             log.warning("Refused an instance of a study that no publication is retrieving")
             return STATUS_NOT_AUTHORISED
         try:
-            write_instance(event, dest, registry.secret)
+            write_instance(event, dest, registry.secret, encoded)
         except OSError:
             log.exception("Could not write a received instance")
             return STATUS_OUT_OF_RESOURCES

@@ -167,6 +167,7 @@ def test_study_in_orthanc_is_published_to_s3_once(
             SeriesSpec(images=2, rows=128, cols=128, transfer_syntax="jpeg-lossless", description="Thin"),
             SeriesSpec(images=2, rows=96, cols=96, modality="US", frames=4, transfer_syntax="rle", color=True),
             SeriesSpec(images=1, rows=128, cols=128, modality="SC", burned_in_annotation=True),
+            SeriesSpec(images=2, rows=64, cols=64, modality="OT", transfer_syntax="deflated"),
         ],
         include_pdf=True,
     )
@@ -177,7 +178,7 @@ def test_study_in_orthanc_is_published_to_s3_once(
     code, result, stderr = run_publish(env, study)
     assert code == 0, (result, stderr[-3000:])
     assert result["status"] == "COMPLETED" and result["step"] == "link"
-    assert result["withheld"] == 2  # the burned-in SC and the PDF
+    assert result["withheld"] == 2  # the burned-in SC and the PDF (the deflated OT series goes through)
     assert result["instances"] == study.instance_count - 2
     assert result["link"].startswith("https://studies.example.org/s/") and len(result["link"].rsplit("/", 1)[1]) >= 22
     for value in (study.patient_id, study.accession_number):

@@ -64,3 +64,19 @@ def test_get_contexts_refuses_beyond_the_cap() -> None:
     classes = [f"1.2.3.{i}" for i in range(MAX_CONTEXTS)]
     with pytest.raises(ValueError, match="cap"):
         get_contexts(classes)
+
+
+def test_receiver_reads_the_study_of_every_transfer_syntax(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The Storage SCP routes by StudyInstanceUID, read from the instance as sent (deflated included)."""
+    from pydicom import dcmread
+
+    from studypub.demo.studies import SeriesSpec, StudySpec, generate_study
+    from studypub.dicom.receiver import study_uid_of
+
+    for ts in ("implicit", "explicit", "deflated", "rle"):
+        study = generate_study(
+            tmp_path / ts,
+            StudySpec(patient_id="P", accession_number="A", series=[SeriesSpec(rows=16, cols=16, transfer_syntax=ts)]),
+        )
+        path = study.paths[0]
+        assert study_uid_of(path.read_bytes()) == study.study_instance_uid == dcmread(path).StudyInstanceUID
