@@ -91,11 +91,13 @@ def _settings():  # type: ignore[no-untyped-def]
 
 
 def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from studypub.db import get_sessionmaker, migrate
     from studypub.dicom.receiver import port_is_free, start_receiver
-    from studypub.errors import ConfigurationError, ValidationError
+    from studypub.errors import ConfigurationError, PublicationError, ValidationError
     from studypub.models import TaskStatus
-    from studypub.publications import PublicationRequest, get_task, request_publication, result_view
+    from studypub.publications import PublicationRequest, fail, get_task, request_publication, result_view
     from studypub.storage import open_storage
 
     settings = _settings()
@@ -103,7 +105,10 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
         open_storage(settings)  # configuration check only: the upload step creates the bucket when missing
     except ConfigurationError as exc:
         raise UsageError(exc.reason) from exc
-    migrate(settings)
+    try:
+        migrate(settings)
+    except SQLAlchemyError as exc:
+        raise UsageError(f"the database is unreachable or unusable ({type(exc).__name__})") from None
     sessions = get_sessionmaker(settings)
     with sessions() as session:
         try:
@@ -128,12 +133,16 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
         with sessions() as session:
             return get_task(session, task_id)
 
+    def held_elsewhere(task: Any) -> bool:  # another live run works on it (a crashed run's lease expires)
+        return bool(
+            task.status == TaskStatus.RUNNING and task.lease_until and task.lease_until.timestamp() > time.time()
+        )
+
     task = current()
-    if task.status == TaskStatus.RUNNING and task.lease_until and task.lease_until.timestamp() > time.time():
-        deadline = time.monotonic() + args.wait_timeout
-        while task.status == TaskStatus.RUNNING and time.monotonic() < deadline:
-            time.sleep(1)
-            task = current()
+    deadline = time.monotonic() + args.wait_timeout
+    while held_elsewhere(task) and time.monotonic() < deadline:
+        time.sleep(1)
+        task = current()
     if task.status != TaskStatus.COMPLETED:
         from flows.publish import ensure_prefect_objects, publish_study
 
@@ -143,16 +152,39 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
         try:
             ensure_prefect_objects(settings)
             publish_study(task_id)
-        except Exception:  # noqa: S110 - the flow recorded the failure and its reason on the task: reported below
-            pass
+        except Exception as exc:
+            # The flow records its own failures on the task. One that never started (Prefect unreachable, ...)
+            # is recorded here, so the reason is visible; the exception type only (no message: no PHI).
+            with sessions() as session:
+                if get_task(session, task_id).status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+                    fail(
+                        session,
+                        task_id,
+                        PublicationError(
+                            f"the publication run could not start or finish ({type(exc).__name__}); "
+                            "check that the Prefect API (PREFECT_API_URL) is reachable"
+                        ),
+                    )
         finally:
             if server is not None:
+                linger_while_others_retrieve(settings, args.wait_timeout)
                 server.shutdown()
     with sessions() as session:
         task = get_task(session, task_id)
         view = result_view(session, settings, task)
     _emit(out, {k: v for k, v in view.items() if k not in ("progress", "save_till")})
     return EXIT_OK if task.status == TaskStatus.COMPLETED else EXIT_FAILED
+
+
+def linger_while_others_retrieve(settings: Any, timeout: float) -> None:
+    """Other `studypub publish` processes found the port taken and rely on this one's receiver: keep it up
+    while they still retrieve (registrations older than the DIMSE timeout were left by crashed runs)."""
+    from studypub.dicom.receiver import registry_for
+
+    registry = registry_for(settings)
+    deadline = time.monotonic() + timeout
+    while registry.active(settings.pacs.dimse_timeout) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def cmd_migrate(_args: argparse.Namespace, out: IO[str]) -> int:

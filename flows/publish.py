@@ -123,8 +123,11 @@ def leased(settings: Settings, task_id: str, owner: str) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(LEASE_SECONDS / 4):
-            with sessions() as session:
-                renew_lease(session, task_id, owner)
+            try:
+                with sessions() as session:
+                    renew_lease(session, task_id, owner)
+            except Exception:  # a database blip must not end the heartbeat; the next beat tries again
+                log.warning("Could not renew the publication's lease", extra=details(task_id=task_id))
 
     thread = threading.Thread(target=beat, name="lease", daemon=True)
     thread.start()
@@ -151,7 +154,9 @@ def _mark_ended(reason: str, code: str) -> Any:
         if not task_id:
             return
         settings = get_settings()
-        signal_abort(work_paths(settings.work_dir, task_id), reason)
+        paths = work_paths(settings.work_dir, task_id)
+        signal_abort(paths, reason)
+        paths.remove_identifiable()
         with get_sessionmaker(settings)() as session:
             task = get_task(session, task_id)
             if task.status == TaskStatus.RUNNING:
@@ -200,6 +205,7 @@ def publish_study(task_id: str) -> dict[str, Any]:
             link(task_id)
     except BaseException as exc:
         signal_abort(paths, "the publication failed")
+        paths.remove_identifiable()
         with sessions() as session:
             task = fail(session, task_id, exc)
             log.error(

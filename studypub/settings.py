@@ -7,7 +7,9 @@ not here. In production, placeholder secrets are refused outright.
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -43,6 +45,10 @@ class PacsSettings(BaseModel):
     scp_port: int = Field(11113, ge=1, le=65535, description="Port of the service's Storage SCP (C-MOVE target).")
     scp_bind: str = Field("0.0.0.0", description="Address the Storage SCP listens on.")
     retrieve_method: Literal["move", "get"] = Field("move", description="C-MOVE (default) or C-GET.")
+    store_from_aes: list[str] = Field(
+        default_factory=list,
+        description="AE titles allowed to store to our Storage SCP (JSON list); default: the PACS's CALLED_AE.",
+    )
     max_pdu: int = Field(4 * 1024 * 1024, ge=0, description="Maximum PDU size we accept (bytes); 0 means unlimited.")
     acse_timeout: float = Field(30, gt=0, description="Association set-up timeout, seconds.")
     dimse_timeout: float = Field(600, gt=0, description="Timeout waiting for a DIMSE response, seconds.")
@@ -80,7 +86,7 @@ class LinkSettings(BaseModel):
     )
     default_retention_days: int = Field(30, ge=1, le=3650, description="Storage period when none is given.")
     max_retention_days: int = Field(365, ge=1, le=36500, description="Longest storage period allowed.")
-    key_bytes: int = Field(16, ge=16, le=64, description="Random bytes in a link key (16 bytes = 128 bits).")
+    key_bytes: int = Field(16, ge=16, le=32, description="Random bytes in a link key (16 bytes = 128 bits).")
 
 
 class DeidSettings(BaseModel):
@@ -175,12 +181,20 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value().encode()
         path = self.work_dir / "secret.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
-            tmp.replace(path)
-        return path.read_text().strip().encode()
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:  # O_EXCL: two processes starting at once agree on one secret
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_hex(32))
+        for _ in range(50):  # the creator may still be writing
+            value = path.read_text().strip()
+            if value:
+                return value.encode()
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty")
 
 
 @lru_cache

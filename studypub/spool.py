@@ -54,6 +54,12 @@ class WorkPaths:
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def remove_identifiable(self) -> None:
+        """Drop the raw instances as received (they carry PHI). Anonymised outputs stay for a resume; a
+        resume that needs the raw instances retrieves them again from the PACS."""
+        shutil.rmtree(self.raw, ignore_errors=True)
+        self.marker("raw").unlink(missing_ok=True)
+
 
 def work_paths(work_dir: Path, task_id: str) -> WorkPaths:
     return WorkPaths(work_dir / "tasks" / task_id)

@@ -74,7 +74,7 @@ def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expecte
             for src in follow_files(paths.raw, paths, "raw"):
                 account(anonymise_one(str(src), str(paths.clean / src.name)))
         except Exception as exc:
-            raise wrap(exc) from exc
+            raise wrap(exc) from None
     else:
         pending: list[Future[tuple[bool, str | None]]] = []
         with ProcessPoolExecutor(
@@ -92,7 +92,7 @@ def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expecte
             except Exception as exc:
                 for fut in pending:
                     fut.cancel()
-                raise wrap(exc) from exc
+                raise wrap(exc) from None
     seconds = time.monotonic() - started
     return {
         "instances": written,
@@ -118,8 +118,8 @@ def anonymise(task_id: str) -> int:
             raise AnonymisationFailed(
                 f"nothing left to publish: all {result['withheld']} instances were withheld by the burned-in policy"
             )
-        mark_done(ctx.paths, "clean", result)
         save_checkpoint(ctx.session, task_id, Step.ANONYMISE, result)
+        mark_done(ctx.paths, "clean", result)
         log.info(
             "Study anonymised",
             extra=details(

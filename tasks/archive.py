@@ -178,8 +178,8 @@ def archive(task_id: str) -> int:
             return int(done["size_bytes"])
         clear_done(ctx.paths, "archive")
         result = build_archive(ctx.settings, ctx.paths)
-        mark_done(ctx.paths, "archive", result)
         save_checkpoint(ctx.session, task_id, Step.ZIP, result)
+        mark_done(ctx.paths, "archive", result)
         log.info(
             "Archive written",
             extra=details(

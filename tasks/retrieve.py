@@ -45,7 +45,7 @@ def count_files(folder) -> int:  # type: ignore[no-untyped-def]
     return sum(1 for e in os.scandir(folder) if e.name.endswith(".dcm"))
 
 
-def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress) -> int:  # type: ignore[no-untyped-def, type-arg]
+def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, owner: str) -> int:  # type: ignore[no-untyped-def, type-arg]
     """Retrieve into ``paths.raw``; returns the number of instances received. Raises on partial retrieval."""
     study_uid = study["study_instance_uid"]
     expected = study.get("instances")
@@ -60,11 +60,11 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress) 
         )
     else:
         registry = registry_for(settings)
-        registry.register(study_uid, paths.raw)
+        registry.register(study_uid, paths.raw, owner)
         try:
             result = scu.move_study(settings, study_uid, progress=progress, expected=expected)
         finally:
-            registry.unregister(study_uid)
+            registry.unregister(study_uid, owner)
     received = count_files(paths.raw)
     sent = result.completed + result.warning
     if result.category == "Failure" and sent == 0 and result.status == 0xA801:
@@ -72,6 +72,9 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress) 
             f"the PACS does not know our AE title {settings.pacs.calling_ae!r} as a C-MOVE destination "
             "(status 0xA801): add it to the PACS's modalities"
         )
+    if received > sent and result.ok:
+        # Nothing but this retrieval may file instances here: more than the PACS sent is a failure to look at.
+        raise IncompleteRetrieval(f"received {received} instances but the PACS reports sending {sent}")
     if not result.ok or received < sent or (expected and received < expected):
         raise IncompleteRetrieval(
             f"partial retrieval: received {received} of {expected if expected is not None else '?'} instances "
@@ -110,13 +113,13 @@ def retrieve(task_id: str) -> int:
         try:
             with concurrency(RETRIEVE_LIMIT, occupy=1, strict=True):
                 started = time.monotonic()
-                received = retrieve_study(ctx.settings, study, ctx.paths, progress)
+                received = retrieve_study(ctx.settings, study, ctx.paths, progress, owner=task_id)
                 elapsed = time.monotonic() - started
             set_progress(session, task_id, received, expected or received)
         finally:
             session.close()
-        mark_done(ctx.paths, "raw", {"instances": received})
         save_checkpoint(ctx.session, task_id, Step.RETRIEVE, {"instances": received, "seconds": round(elapsed, 3)})
+        mark_done(ctx.paths, "raw", {"instances": received})
         log.info(
             "Study retrieved",
             extra=details(

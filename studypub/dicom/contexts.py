@@ -49,9 +49,11 @@ TRANSFER_SYNTAXES: list[UID] = [
 ]
 
 
-# As an acceptor, pynetdicom takes the first of *our* syntaxes that the sender offers. Compressed first
-# (lossless, then lossy), so an instance stored compressed arrives as stored and nothing is decompressed;
-# a sender that cannot transcode (dcmtk's dcmqrscp) is never asked to.
+# As an acceptor, pynetdicom takes the first of *our* syntaxes that the sender offers. Lossless compressed
+# first, so an instance stored that way arrives as stored (a sender that cannot transcode, like dcmtk's
+# dcmqrscp, is never asked to); then uncompressed; lossy last, so a PACS able to transcode is never asked
+# to lossy-compress an image it keeps losslessly (one stored lossy still arrives as stored when the PACS
+# offers only that).
 SCP_TRANSFER_SYNTAXES: list[UID] = [
     JPEGLosslessSV1,
     JPEGLosslessP14,
@@ -59,14 +61,14 @@ SCP_TRANSFER_SYNTAXES: list[UID] = [
     JPEG2000Lossless,
     HTJ2KLossless,
     RLELossless,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLSNearLossless,
     JPEG2000,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
 ]
 
 

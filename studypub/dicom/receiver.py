@@ -9,11 +9,13 @@ received (no decoding), atomically (temporary name, then rename).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -59,32 +61,48 @@ def write_instance(event: Event, dest_dir: Path, secret: bytes, encoded: bytes |
 
 @dataclass
 class Registry:
-    """Study → spool folder registrations, shared through the work dir by every process on the machine."""
+    """Study → spool folder registrations, shared through the work dir by every process on the machine.
+
+    One folder per study (``receiving/<routing key>/``), one file per publication retrieving it, so two
+    publications of the same study (two clinics, or a republication) each get every instance.
+    """
 
     root: Path
     secret: bytes
 
     def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def _path(self, study_uid: str) -> Path:
+    def _dir(self, study_uid: str) -> Path:
         return self.root / routing_key(self.secret, study_uid)
 
-    def register(self, study_uid: str, dest_dir: Path) -> None:
+    def register(self, study_uid: str, dest_dir: Path, owner: str) -> None:
         dest_dir.mkdir(parents=True, exist_ok=True)
-        path = self._path(study_uid)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        folder = self._dir(study_uid)
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".{owner}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"dir": str(dest_dir)}))
-        tmp.replace(path)
+        tmp.replace(folder / f"{owner}.json")
 
-    def unregister(self, study_uid: str) -> None:
-        self._path(study_uid).unlink(missing_ok=True)
+    def unregister(self, study_uid: str, owner: str) -> None:
+        folder = self._dir(study_uid)
+        (folder / f"{owner}.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: another publication still retrieves this study
+            folder.rmdir()
 
-    def lookup(self, study_uid: str) -> Path | None:
-        try:
-            return Path(json.loads(self._path(study_uid).read_text())["dir"])
-        except (FileNotFoundError, ValueError, KeyError):
-            return None
+    def lookup(self, study_uid: str) -> list[Path]:
+        dirs = []
+        for entry in sorted(self._dir(study_uid).glob("*.json")):
+            try:
+                dirs.append(Path(json.loads(entry.read_text())["dir"]))
+            except (FileNotFoundError, ValueError, KeyError):
+                continue
+        return dirs
+
+    def active(self, max_age_seconds: float) -> int:
+        """Registrations younger than ``max_age_seconds`` (older ones were left by a crashed run)."""
+        now = time.time()
+        return sum(1 for p in self.root.glob("*/*.json") if now - p.stat().st_mtime < max_age_seconds)
 
 
 def study_uid_of(encoded: bytes) -> str | None:
@@ -103,12 +121,16 @@ def make_store_handler(registry: Registry) -> Callable[[Event], int]:
         except Exception:
             log.warning("Refused an instance that could not be parsed")
             return STATUS_CANNOT_UNDERSTAND
-        dest = registry.lookup(study_uid) if study_uid else None
-        if dest is None:
+        dests = registry.lookup(study_uid) if study_uid else []
+        if not dests:
             log.warning("Refused an instance of a study that no publication is retrieving")
             return STATUS_NOT_AUTHORISED
         try:
-            write_instance(event, dest, registry.secret, encoded)
+            first = write_instance(event, dests[0], registry.secret, encoded)
+            for other in dests[1:]:
+                target = other / first.name
+                with contextlib.suppress(FileExistsError):
+                    os.link(first, target)
         except OSError:
             log.exception("Could not write a received instance")
             return STATUS_OUT_OF_RESOURCES
@@ -145,6 +167,8 @@ def start_receiver(settings: Settings, *, block: bool = False):  # type: ignore[
     ae = make_ae(settings)
     ae.supported_contexts = storage_scp_contexts()
     ae.add_supported_context(Verification)
+    # Only the PACS may store to us (by its AE title; C-MOVE sub-operations come from it).
+    ae.require_calling_aet = settings.pacs.store_from_aes or [settings.pacs.called_ae]
     handlers = [(evt.EVT_C_STORE, make_store_handler(registry_for(settings)))]
     log.info(
         "Storage SCP listening",

@@ -320,6 +320,9 @@ def test_failed_publication_resumes_without_a_second_link_or_object(
     code, failed, _ = run_publish(env, study)
     assert code == 1 and failed["status"] == "FAILED" and failed["step"] == "upload"
     assert "storage" in failed["reason"].lower()
+    # A failed publication keeps no identifiable data: the raw instances are gone, only anonymised outputs stay.
+    work = Path(env["STUDYPUB_WORK_DIR"]) / "tasks" / failed["task_id"]
+    assert not (work / "raw").exists() and (work / "archive.zip").exists()
 
     s3_server.start()
     code, done, stderr = run_publish(env, study)
@@ -386,3 +389,14 @@ def test_two_studies_with_one_accession_are_ambiguous(
     code, result, _ = run_publish(orthanc_env, first)
     assert code == 1 and result["step"] == "find"
     assert "ambiguous: 2 studies" in result["reason"]
+
+
+def test_prefect_unreachable_is_a_visible_failure(
+    base_env: dict[str, str], study_factory: Callable[..., GeneratedStudy]
+) -> None:
+    """Nothing is lost and nothing is silent: the request is recorded and its failure says why."""
+    study = study_factory()
+    env = dict(base_env, PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
+    code, result, _ = run_publish(env, study)
+    assert code == 1 and result["status"] == "FAILED" and result["task_id"]
+    assert "PREFECT_API_URL" in result["reason"] and "ConnectError" in result["reason"]
