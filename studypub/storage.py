@@ -93,8 +93,8 @@ class S3Storage:
         try:
             if not self.fs.exists(self.bucket):  # type: ignore[attr-defined]
                 self.fs.mkdir(self.bucket)  # type: ignore[attr-defined]
-        except FileExistsError:
-            pass
+        except (FileExistsError, PermissionError):
+            pass  # exists, or a policy that allows PUT/GET only: the upload itself will tell
         except (OSError, Exception) as exc:
             raise StorageUnavailable(f"Storage is unreachable: {type(exc).__name__}") from exc
 

@@ -108,7 +108,11 @@ def retrieve(task_id: str) -> int:
             now = time.monotonic()
             if now - last[0] >= 1.0:
                 last[0] = now
-                set_progress(session, task_id, completed, total)
+                try:  # progress is for display: a database blip must not break a good retrieval
+                    set_progress(session, task_id, completed, total)
+                except Exception:
+                    session.rollback()
+                    log.warning("Could not record retrieval progress", extra=details(task_id=task_id))
 
         try:
             with concurrency(RETRIEVE_LIMIT, occupy=1, strict=True):

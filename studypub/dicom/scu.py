@@ -97,6 +97,8 @@ def _find(assoc: Association, query: Dataset) -> list[Dataset]:
                 results.append(identifier)
         elif category == "Success":
             break
+        elif (code & 0xFF00) == 0xA700:  # out of resources: a busy PACS, worth another try
+            raise PacsUnavailable(f"The PACS is out of resources for the query: status 0x{code:04X}")
         else:
             raise PublicationError(f"The PACS refused the query: status 0x{code:04X} ({category})")
     return results
