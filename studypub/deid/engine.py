@@ -194,6 +194,17 @@ def _is_numeric(s: str) -> bool:
     return set(s) <= _NUMERIC_CHARS
 
 
+_IDENTIFIER_KEYWORDS = frozenset(
+    {"AccessionNumber", "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator"}
+)
+
+
+def _is_identifier(tag: int) -> bool:
+    """Attributes whose values identify a person or a record (IDs, accession, address, phone)."""
+    keyword = keyword_for_tag(tag) or ""
+    return keyword.endswith(("ID", "IDs")) or keyword in _IDENTIFIER_KEYWORDS
+
+
 def _is_marker_candidate(s: str) -> bool:
     if len(s) < _MIN_MARKER:
         return False
@@ -265,6 +276,7 @@ class VerificationContext:
     new_uids: frozenset[str] = frozenset()
     markers: frozenset[str] = frozenset()  # identity values: names, IDs, dates, addresses, institutions...
     descriptors: frozenset[str] = frozenset()  # descriptive values: descriptions, comments, protocol...
+    strict: frozenset[str] = frozenset()  # person-name components and identifiers: never excused as vocabulary
 
 
 @dataclass
@@ -274,6 +286,7 @@ class _FileState:
     kept_uids: set[str] = field(default_factory=set)
     markers: set[str] = field(default_factory=set)
     descriptors: set[str] = field(default_factory=set)
+    strict: set[str] = field(default_factory=set)
     dates_changed: bool = False
     implicit: bool = False  # the source dataset's encoding, which the output keeps
     little: bool = True
@@ -399,6 +412,7 @@ class StudyAnonymiser:
             new_uids=frozenset(st.new_uids),
             markers=frozenset(st.markers),
             descriptors=frozenset(st.descriptors - st.markers),
+            strict=frozenset(st.strict),
         )
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -515,10 +529,13 @@ class StudyAnonymiser:
             if vr == "PN":
                 values = list(codec.pn_components(values))
             target = st.descriptors if d.descriptor and not identity else st.markers
+            strict = vr == "PN" or _is_identifier(tag)
             for s in values:
                 cf = s.casefold()
                 if _is_marker_candidate(cf):
                     target.add(cf)
+                    if strict:
+                        st.strict.add(cf)
         elif vr == "SQ" and nested:
             seq = self._sequence(ds, tag)
             for item in seq or ():
@@ -839,7 +856,8 @@ class _Verifier:
         # identity markers (names, IDs, dates, addresses, institutions) are never excused that way.
         vocab = "\x00".join(self._vocab)
         whole_values = {t for _tag, t in self._texts}
-        markers = [m for m in ctx.markers if m not in vocab]
+        # Person names and identifiers are never excused: a name inside a kept code string is still a name.
+        markers = [m for m in ctx.markers if m not in vocab or m in ctx.strict]
         markers += [m for m in ctx.descriptors if m not in vocab and m not in whole_values]
         if markers:
             haystack = "\x00".join(t for _tag, t in self._texts)
