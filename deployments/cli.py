@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("deid-profile", help="print what the anonymiser does to each attribute")
     d.add_argument("--format", choices=["table", "json"], default="table")
     sub.add_parser("echo", help="C-ECHO the PACS with the configured AE titles")
-    r = sub.add_parser("run", help="run the service on this machine (Prefect server, demo PACS, Storage SCP)")
+    w = sub.add_parser("worker", help="run publications: the Storage SCP and the served 'publish' deployment")
+    from deployments.worker import add_arguments as add_worker_arguments
+
+    add_worker_arguments(w)
+    r = sub.add_parser("run", help="run the service on this machine (Prefect server, demo PACS, worker)")
     from deployments.run import add_arguments
 
     add_arguments(r)
@@ -236,8 +240,16 @@ def cmd_run(args: argparse.Namespace, _out: IO[str]) -> int:
     return serve_forever(args, _settings())
 
 
+def cmd_worker(args: argparse.Namespace, _out: IO[str]) -> int:
+    from deployments.worker import serve_publications
+
+    serve_publications(_settings(), limit=args.limit)
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
+    "worker": cmd_worker,
     "publish": cmd_publish,
     "migrate": cmd_migrate,
     "receiver": cmd_receiver,

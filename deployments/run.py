@@ -1,7 +1,8 @@
 """``studypub run``: the whole service on one machine with embedded defaults.
 
 Starts a local Prefect server (unless PREFECT_API_URL points at one), the demo PACS (Orthanc loaded with
-generated studies, unless --no-demo), and the Storage SCP; prints what to do next; Ctrl-C stops everything.
+generated studies, unless --no-demo), and ``studypub worker`` (the Storage SCP and the served ``publish``
+deployment); prints what to do next; Ctrl-C stops everything (the worker before the Prefect server).
 """
 
 from __future__ import annotations
@@ -71,11 +72,36 @@ def start_demo_pacs(settings: Settings, http_port: int) -> tuple[Any, list[Any]]
     return pacs, specs
 
 
+def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    """``studypub worker`` as a child process (its JSON logs go to this terminal's stderr)."""
+    from studypub.demo.net import port_open
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "worker"], env=dict(os.environ), start_new_session=True
+    )
+    deadline = time.monotonic() + 90
+    while not port_open(settings.pacs.scp_port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the worker did not start (see its log lines above)")
+        time.sleep(0.3)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def serve_forever(args: Any, settings: Settings) -> int:
     # Nothing here may import Prefect before PREFECT_API_URL is set below: Prefect reads its settings at
     # import, and without the URL it would start a temporary server of its own.
     from studypub.db import migrate
-    from studypub.dicom.receiver import port_is_free, start_receiver
+    from studypub.dicom.receiver import port_is_free
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings)
@@ -85,7 +111,7 @@ def serve_forever(args: Any, settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     prefect_proc = None
     pacs = None
-    receiver = None
+    worker = None
     try:
         api = os.environ.get("PREFECT_API_URL")
         if not api:
@@ -98,10 +124,7 @@ def serve_forever(args: Any, settings: Settings) -> int:
             pacs, specs = start_demo_pacs(settings, args.demo_http_port)
         if not port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
             raise SystemExit(f"port {settings.pacs.scp_port} (Storage SCP) is taken: is another studypub running?")
-        receiver = start_receiver(settings)
-        from flows.publish import ensure_prefect_objects
-
-        ensure_prefect_objects(settings)
+        worker = start_worker(settings)
         ui = api.removesuffix("/api")
         lines = [
             "",
@@ -109,7 +132,8 @@ def serve_forever(args: Any, settings: Settings) -> int:
             f"  Prefect UI:       {ui}",
             f"  PACS:             {settings.pacs.called_ae}@{settings.pacs.host}:{settings.pacs.port}"
             + (f" (demo Orthanc, web {pacs.url})" if pacs else ""),
-            f"  Storage SCP:      {settings.pacs.calling_ae} on port {settings.pacs.scp_port}",
+            f"  Worker:           Storage SCP {settings.pacs.calling_ae} on port {settings.pacs.scp_port}; "
+            "deployment publish-study/publish (failed runs can be retried from the Prefect UI)",
             f"  Work folder:      {settings.work_dir}",
             f"  Archives go to:   {settings.storage_url_resolved}",
             "",
@@ -130,20 +154,16 @@ def serve_forever(args: Any, settings: Settings) -> int:
         while not stop.wait(1):
             if prefect_proc is not None and prefect_proc.poll() is not None:
                 raise SystemExit("the Prefect server stopped; see prefect-server.log in the work folder")
+            if worker.poll() is not None:
+                raise SystemExit("the worker stopped (see its log lines above)")
     except KeyboardInterrupt:
         pass
     finally:
         print("Stopping...", file=sys.stderr)
-        if receiver is not None:
-            receiver.shutdown()
+        stop_process(worker, 30)  # before the Prefect server: a runner whose server is gone hangs on exit
         if pacs is not None:
             pacs.stop()
-        if prefect_proc is not None:
-            prefect_proc.terminate()
-            try:
-                prefect_proc.wait(20)
-            except subprocess.TimeoutExpired:
-                prefect_proc.kill()
+        stop_process(prefect_proc, 20)
     return 0
 
 

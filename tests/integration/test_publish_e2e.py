@@ -400,3 +400,84 @@ def test_prefect_unreachable_is_a_visible_failure(
     code, result, _ = run_publish(env, study)
     assert code == 1 and result["status"] == "FAILED" and result["task_id"]
     assert "PREFECT_API_URL" in result["reason"] and "ConnectError" in result["reason"]
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
+    orthanc_env: dict[str, str],
+    orthanc: OrthancServer,
+    s3_server: Any,
+    s3_bucket: str,
+    study_factory: Callable[..., GeneratedStudy],
+    tmp_path: Path,
+) -> None:
+    """`studypub worker` serves the `publish` deployment; a run that failed (storage down) is retried the way
+    the Prefect UI's Retry does it (the same flow run set to AwaitingRetry) and resumes at the upload."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import AwaitingRetry
+
+    from studypub.db import get_sessionmaker
+    from studypub.publications import PublicationRequest, get_task, request_publication
+    from studypub.settings import get_settings
+
+    study = study_factory()
+    orthanc.upload(study.paths)
+    env = dict(s3_env(orthanc_env, s3_server, s3_bucket), STUDYPUB_PREFECT__TASK_RETRIES="0")
+    log_file = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([str(STUDYPUB), "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        with get_client(sync_client=True) as client:
+
+            def deployment() -> Any:
+                try:
+                    return client.read_deployment_by_name("publish-study/publish")
+                except Exception:
+                    return None
+
+            _wait_for(deployment, 90, "the worker to serve the deployment")
+            with get_sessionmaker()() as session:  # the request, as the API records it
+                task, _ = request_publication(
+                    session,
+                    get_settings(),
+                    PublicationRequest(study.patient_id, study.accession_number, "default", "mis"),
+                )
+            s3_server.stop()
+            run = run_deployment("publish-study/publish", parameters={"task_id": task.id}, timeout=0)
+            state = _wait_for(lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s, 180, "the run")
+            assert state.is_failed()
+            with get_sessionmaker()() as session:
+                failed = get_task(session, task.id)
+                assert (failed.status, failed.step) == ("FAILED", "upload")
+
+            s3_server.start()
+            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)  # what the UI's Retry does
+            state = _wait_for(
+                lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s.is_completed() and s,
+                180,
+                "the retried run",
+            )
+        with get_sessionmaker()() as session:
+            done = get_task(session, task.id)
+            assert done.status == "COMPLETED"
+            assert (done.link_key, done.object_key) == (task.link_key, task.object_key)
+            assert done.flow_run_id == str(run.id)
+        assert bucket_keys(s3_server, s3_bucket) == [f"published/{task.object_key}"]
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log_file.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / f"worker-{study.accession_number}.log").write_text((tmp_path / "worker.log").read_text())
