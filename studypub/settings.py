@@ -60,9 +60,6 @@ class PacsSettings(BaseModel):
     max_concurrent_retrievals: int = Field(
         2, ge=1, le=32, description="At most this many retrievals run against the PACS at once."
     )
-    receive_timeout: float = Field(
-        60, gt=0, description="After the final C-MOVE response, wait this long for stragglers (seconds)."
-    )
 
 
 class StorageSettings(BaseModel):
