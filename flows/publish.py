@@ -10,6 +10,7 @@ fixed with the request, so nothing is ever published twice.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -79,8 +80,6 @@ def plan(checkpoints: dict[str, Any], paths: WorkPaths) -> list[Step]:
 
 def reset_outputs(paths: WorkPaths, steps: list[Step]) -> None:
     """Remove what an interrupted earlier run left of the steps about to run again."""
-    import shutil
-
     if Step.RETRIEVE in steps:
         shutil.rmtree(paths.raw, ignore_errors=True)
     if Step.ANONYMISE in steps:

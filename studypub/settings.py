@@ -74,7 +74,6 @@ class StorageSettings(BaseModel):
     upload_part_size: int = Field(
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size (bytes, at least 5 MiB)."
     )
-    presign_seconds: int = Field(300, ge=10, le=604800, description="Life of a presigned download URL.")
 
 
 class LinkSettings(BaseModel):
@@ -107,7 +106,6 @@ class ArchiveSettings(BaseModel):
 
 
 class PrefectSettings(BaseModel):
-    ui_url: str | None = Field(None, description="Prefect UI address shown to staff (links to runs).")
     task_retries: int = Field(3, ge=0, le=20, description="Retries of a failed step (network, storage).")
     task_retry_delay: float = Field(5, ge=0, description="Initial delay between retries (seconds, doubles).")
 

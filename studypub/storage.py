@@ -14,25 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 from urllib.parse import unquote, urlparse
 
 from studypub.errors import ConfigurationError, StorageUnavailable
 from studypub.settings import Settings
-
-
-class Storage(Protocol):
-    url: str
-
-    def writer(self, key: str) -> Iterator[IO[bytes]]: ...  # context manager; commits on clean exit
-
-    def exists(self, key: str) -> bool: ...
-
-    def size(self, key: str) -> int: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def ensure_ready(self) -> None: ...
 
 
 @dataclass
@@ -72,9 +58,6 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
-
-    def local_path(self, key: str) -> Path:
-        return self._path(key)
 
 
 @dataclass
@@ -132,12 +115,6 @@ class S3Storage:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(key))  # type: ignore[attr-defined]
-
-    def presign(self, key: str, seconds: int, filename: str | None = None) -> str:
-        params = {}
-        if filename:
-            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        return str(self.fs.url(self._path(key), expires=seconds, **params))  # type: ignore[attr-defined]
 
 
 def open_storage(settings: Settings) -> LocalStorage | S3Storage:
