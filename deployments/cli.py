@@ -74,7 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     from deployments.worker import add_arguments as add_worker_arguments
 
     add_worker_arguments(w)
-    r = sub.add_parser("run", help="run the service on this machine (Prefect server, demo PACS, worker)")
+    a = sub.add_parser("api", help="serve the API and the patient's link pages (uvicorn)")
+    a.add_argument("--host", help="listen address (default: STUDYPUB_API__HOST)")
+    a.add_argument("--port", type=int, help="port (default: STUDYPUB_API__PORT)")
+    k = sub.add_parser("create-api-key", help="create an MIS client's API key; prints it once")
+    k.add_argument("--name", required=True, help="a name for the client, e.g. the MIS's name")
+    k.add_argument("--clinic", help="restrict the key to this clinic code (default: any clinic)")
+    rk = sub.add_parser("revoke-api-key", help="revoke an MIS client's API key")
+    rk.add_argument("--name", required=True)
+    sub.add_parser("list-api-keys", help="list the MIS clients' API keys (names and hints, never the keys)")
+    rv = sub.add_parser("revoke", help="withdraw a publication's link: delete its archive (the link answers 410)")
+    rv.add_argument("task_id")
+    sub.add_parser("retention", help="run the retention flow once, now (it also runs on its schedule)")
+    r = sub.add_parser("run", help="run the service on this machine (Prefect server, demo PACS, worker, API)")
     from deployments.run import add_arguments
 
     add_arguments(r)
@@ -247,7 +259,105 @@ def cmd_worker(args: argparse.Namespace, _out: IO[str]) -> int:
     return EXIT_OK
 
 
+def cmd_api(args: argparse.Namespace, _out: IO[str]) -> int:
+    from deployments.api import serve_api
+
+    serve_api(_settings(), host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _admin_actor() -> str:
+    return f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or 'admin'}"
+
+
+def cmd_create_api_key(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.apikeys import create_key
+    from studypub.db import get_sessionmaker, migrate
+    from studypub.errors import StudyPubError
+
+    settings = _settings()
+    migrate(settings)
+    with get_sessionmaker(settings)() as session:
+        try:
+            row, key = create_key(session, args.name, clinic_code=args.clinic, actor=_admin_actor())
+        except StudyPubError as exc:
+            _emit(out, {"status": "FAILED", "reason": exc.reason})
+            return EXIT_FAILED
+        _emit(out, {"status": "ok", "name": row.name, "clinic_code": row.clinic_code, "api_key": key})
+    print("Give this key to the MIS (header X-API-Key). It is shown only now.", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_revoke_api_key(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.apikeys import revoke_key
+    from studypub.db import get_sessionmaker
+    from studypub.errors import StudyPubError
+
+    with get_sessionmaker(_settings())() as session:
+        try:
+            row = revoke_key(session, args.name, actor=_admin_actor())
+        except StudyPubError as exc:
+            _emit(out, {"status": "FAILED", "reason": exc.reason})
+            return EXIT_FAILED
+        revoked = row.revoked_at.isoformat() if row.revoked_at else None
+        _emit(out, {"status": "ok", "name": row.name, "revoked_at": revoked})
+    return EXIT_OK
+
+
+def cmd_list_api_keys(_args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.apikeys import list_keys
+    from studypub.db import get_sessionmaker
+
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
+    with get_sessionmaker(_settings())() as session:
+        keys = [
+            {
+                "name": k.name,
+                "clinic_code": k.clinic_code,
+                "hint": k.key_hint + "…",
+                "created_at": iso(k.created_at),
+                "last_used_at": iso(k.last_used_at),
+                "revoked_at": iso(k.revoked_at),
+            }
+            for k in list_keys(session)
+        ]
+    _emit(out, {"status": "ok", "keys": keys})
+    return EXIT_OK
+
+
+def cmd_revoke(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.db import get_sessionmaker
+    from studypub.errors import StudyPubError
+    from studypub.publications import revoke
+
+    settings = _settings()
+    with get_sessionmaker(settings)() as session:
+        try:
+            task = revoke(session, settings, args.task_id, actor=_admin_actor())
+        except StudyPubError as exc:
+            _emit(out, {"task_id": args.task_id, "status": "FAILED", "reason": exc.reason})
+            return EXIT_FAILED
+        _emit(out, {"task_id": task.id, "status": task.status})
+    return EXIT_OK
+
+
+def cmd_retention(_args: argparse.Namespace, out: IO[str]) -> int:
+    from flows.retention import retention
+
+    _settings()
+    _emit(out, {"status": "ok", "report": retention()})
+    return EXIT_OK
+
+
 COMMANDS = {
+    "api": cmd_api,
+    "create-api-key": cmd_create_api_key,
+    "revoke-api-key": cmd_revoke_api_key,
+    "list-api-keys": cmd_list_api_keys,
+    "revoke": cmd_revoke,
+    "retention": cmd_retention,
     "run": cmd_run,
     "worker": cmd_worker,
     "publish": cmd_publish,
@@ -259,7 +369,17 @@ COMMANDS = {
 
 
 # Commands whose stdout is one JSON result; the others talk to a person.
-JSON_COMMANDS = {"publish", "migrate", "echo", "deid-profile"}
+JSON_COMMANDS = {
+    "publish",
+    "migrate",
+    "echo",
+    "deid-profile",
+    "create-api-key",
+    "revoke-api-key",
+    "list-api-keys",
+    "revoke",
+    "retention",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

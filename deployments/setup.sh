@@ -18,6 +18,8 @@ command -v getscu >/dev/null 2>&1 || need_pkgs+=(dcmtk)
 "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ "$mode" = test ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need_pkgs+=(postgresql)
+  # The browser tests drive Debian's Chromium through Playwright (no browser download).
+  [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2

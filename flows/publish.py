@@ -181,7 +181,8 @@ def publish_study(task_id: str) -> dict[str, Any]:
     owner = flow_run_id or f"local-{uuid.uuid4()}"
     with sessions() as session:
         task = get_task(session, task_id)
-        if task.status == TaskStatus.COMPLETED:
+        if task.status in (TaskStatus.COMPLETED, TaskStatus.EXPIRED, TaskStatus.DELETED):
+            # Done, or revoked/expired while the run waited: nothing to do (never publish a deleted study).
             return _summary(session, settings, task_id)
         if not claim(session, task_id, owner):
             raise PublicationError("this publication is already being processed by another run")

@@ -34,6 +34,28 @@ class NotFound(StudyPubError):
     code = "not_found"
 
 
+class Unauthorized(StudyPubError):
+    http_status = 401
+    code = "unauthorized"
+
+
+class Forbidden(StudyPubError):
+    http_status = 403
+    code = "forbidden"
+
+
+class Conflict(StudyPubError):
+    """The request cannot apply to the publication's current state (e.g. extending a deleted one)."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class Gone(StudyPubError):
+    http_status = 410
+    code = "gone"
+
+
 class PublicationError(StudyPubError):
     """A publication step failed for a reason that retrying will not change."""
 
@@ -90,6 +112,10 @@ class PacsUnavailable(TransientError):
 
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
+
+
+class DatabaseUnavailable(TransientError):
+    code = "database_unavailable"
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -114,6 +114,9 @@ class Task(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None]
     flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    # Recorded by the API/dashboard and not yet handed to Prefect (the dispatcher starts its run).
+    dispatch_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))  # a new run each time
     # Fixed at request time, never change.
     link_key: Mapped[str] = mapped_column(String(64), unique=True)
     uid_salt: Mapped[str] = mapped_column(String(64))
@@ -123,6 +126,8 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]  # archive deleted (retention or revocation)
+    identifiers_erased_at: Mapped[datetime | None]  # PID, accession and EMK id erased
 
     publication: Mapped[PublishedStudy | None] = relationship(back_populates="task", uselist=False)
     steps: Mapped[list[TaskStep]] = relationship(
@@ -145,6 +150,13 @@ class Task(Base):
             sqlite_where=text("status NOT IN ('EXPIRED', 'DELETED')"),
             postgresql_where=text("status NOT IN ('EXPIRED', 'DELETED')"),
         ),
+        Index(
+            "ix_tasks_dispatch_pending",
+            "created_at",
+            sqlite_where=text("dispatch_pending"),
+            postgresql_where=text("dispatch_pending"),
+        ),
+        Index("ix_tasks_save_till", "save_till"),
         Index("ix_tasks_accession", "accession_number"),
         Index("ix_tasks_patient", "patient_id"),
     )
@@ -208,6 +220,22 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A key of an MIS client. Only its SHA-256 is stored (the key is 256 random bits, shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    clinic_code: Mapped[str | None] = mapped_column(String(64))  # None: any clinic
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hint: Mapped[str] = mapped_column(String(8))  # the key's first characters, to recognise it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
 
 
 class Setting(Base):

@@ -17,7 +17,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from studypub.errors import NotFound, StudyPubError, ValidationError
+from studypub.errors import Conflict, Gone, NotFound, StudyPubError, ValidationError
 from studypub.models import (
     ACTIVE_STATUSES,
     STEP_ORDER,
@@ -46,6 +46,7 @@ class PublicationRequest:
     service_code: str | None = None
     service_title: str | None = None
     study_date: datetime | None = None
+    dispatch: bool = False  # hand the run to Prefect through the dispatcher (API, dashboard)
 
 
 def link_url(settings: Settings, link_key: str) -> str:
@@ -97,17 +98,19 @@ def find_active(session: Session, clinic_code: str, patient_id: str, accession_n
     ).first()
 
 
-def request_publication(session: Session, settings: Settings, req: PublicationRequest) -> tuple[Task, bool]:
+def request_publication(
+    session: Session, settings: Settings, req: PublicationRequest, *, actor: str | None = None
+) -> tuple[Task, bool]:
     """Record a request, or return the live publication of the same study. Returns (task, created).
 
     Concurrent identical requests produce one row: the partial unique index decides the race.
     """
     pid = _validate_identifier("patient_id", req.patient_id)
     acsn = _validate_identifier("accession_number", req.accession_number)
-    existing = find_active(session, req.clinic_code, pid, acsn)
-    if existing is not None:
-        return existing, False
     save_till = resolve_save_till(settings, req.save_till)
+    existing = find_active(session, req.clinic_code, pid, acsn)
+    if existing is not None and not _expire_if_due(session, existing):
+        return existing, False
     task = Task(
         id=str(uuid.uuid4()),
         clinic_code=req.clinic_code,
@@ -125,6 +128,8 @@ def request_publication(session: Session, settings: Settings, req: PublicationRe
         uid_salt=secrets.token_hex(16),
         object_key=new_object_key(),
         attempts=0,
+        dispatch_pending=req.dispatch,
+        requeues=0,
     )
     session.add(task)
     try:
@@ -135,9 +140,85 @@ def request_publication(session: Session, settings: Settings, req: PublicationRe
         if existing is None:
             raise
         return existing, False
-    audit(session, actor=req.source, action="publication.requested", task=task)
+    audit(session, actor=actor or req.source, action="publication.requested", task=task)
     session.commit()
     return task, True
+
+
+def _expire_if_due(session: Session, task: Task) -> bool:
+    """A live publication past its storage period makes room for a new one: it becomes EXPIRED (the
+    retention flow deletes its archive). A running one is left alone. True when it was expired here."""
+    now = utcnow()
+    if task.save_till > now or task.status == TaskStatus.RUNNING:
+        return False
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task.id, Task.status == task.status, Task.save_till <= now)
+        .values(status=TaskStatus.EXPIRED, dispatch_pending=False, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0):
+        audit(session, actor="system", action="publication.expired", task=task)
+    session.commit()
+    session.expire(task)
+    return True
+
+
+def requeue(session: Session, task_id: str, *, actor: str) -> bool:
+    """Ask for a new run of a FAILED publication (same task, same link). False when it is not failed (another
+    request got there first, or it is running). The dispatcher starts the run."""
+    now = utcnow()
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.FAILED)
+        .values(
+            status=TaskStatus.QUEUED,
+            dispatch_pending=True,
+            requeues=Task.requeues + 1,
+            flow_run_id=None,
+            reason=None,
+            error_code=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    done = bool(getattr(result, "rowcount", 0))
+    if done:
+        audit(session, actor=actor, action="publication.requeued", task=session.get(Task, task_id))
+    session.commit()
+    return done
+
+
+def pending_dispatch(session: Session, limit: int = 100) -> list[tuple[str, int]]:
+    """Recorded requests whose run has not been handed to Prefect yet: (task id, requeue count), oldest first."""
+    rows = session.execute(
+        select(Task.id, Task.requeues)
+        .where(Task.dispatch_pending.is_(True), Task.status == TaskStatus.QUEUED)
+        .order_by(Task.created_at)
+        .limit(limit)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def mark_dispatched(session: Session, task_id: str, requeues: int, flow_run_id: str) -> None:
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.requeues == requeues, Task.dispatch_pending.is_(True))
+        .values(dispatch_pending=False, flow_run_id=flow_run_id, reason=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def note_dispatch_problem(session: Session, task_ids: list[str], reason: str) -> None:
+    """Say on the waiting requests why their run has not started (Prefect unreachable...)."""
+    session.execute(
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.dispatch_pending.is_(True), Task.status == TaskStatus.QUEUED)
+        .values(reason=reason)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def get_task(session: Session, task_id: str) -> Task:
@@ -294,6 +375,104 @@ def complete(
     return pub
 
 
+def extend(session: Session, settings: Settings, task_id: str, save_till: datetime, *, actor: str) -> Task:
+    """Move the storage period forward (up to the maximum retention). A publication past its date that the
+    retention flow has not claimed yet can still be extended; an expired (being deleted) or deleted one cannot."""
+    task = get_task(session, task_id)
+    if task.status in (TaskStatus.EXPIRED, TaskStatus.DELETED):
+        raise Gone("the publication has expired and its archive was deleted; publish the study again")
+    new = resolve_save_till(settings, save_till)
+    old = task.save_till
+    if new <= old:
+        raise ValidationError(f"save_till_date must be later than the current one ({old.isoformat()})")
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status.not_in([TaskStatus.EXPIRED, TaskStatus.DELETED]))
+        .values(save_till=new, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):  # the retention flow claimed it in between
+        session.rollback()
+        raise Gone("the publication has expired and its archive was deleted; publish the study again")
+    audit(
+        session,
+        actor=actor,
+        action="publication.extended",
+        task=task,
+        details={"from": old.isoformat(), "to": new.isoformat()},
+    )
+    session.commit()
+    session.expire(task)
+    return task
+
+
+def claim_for_deletion(session: Session, task_id: str, *, only_if_due: bool) -> bool:
+    """Mark a publication EXPIRED (its archive is about to be deleted): no run, extension or new request
+    touches it from here on. A running publication is never claimed. True when this call claimed it, or
+    when it was already claimed (an interrupted deletion is finished by whoever comes next)."""
+    now = utcnow()
+    cond = [Task.id == task_id, Task.status.in_([TaskStatus.QUEUED, TaskStatus.COMPLETED, TaskStatus.FAILED])]
+    if only_if_due:
+        cond.append(Task.save_till <= now)
+    result = session.execute(
+        update(Task)
+        .where(*cond)
+        .values(status=TaskStatus.EXPIRED, dispatch_pending=False, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if getattr(result, "rowcount", 0):
+        return True
+    return session.scalar(select(Task.status).where(Task.id == task_id)) == TaskStatus.EXPIRED
+
+
+def finish_deletion(session: Session, storage: Any, task_id: str, *, actor: str, action: str) -> bool:
+    """Delete the archive of a claimed (EXPIRED) publication and mark it DELETED; its link answers 410.
+    Idempotent and safe to run twice at once: deleting a missing object is fine, and only the caller whose
+    update moves EXPIRED → DELETED records it. True for that caller."""
+    task = get_task(session, task_id)
+    if task.status != TaskStatus.EXPIRED:
+        return False
+    for key in {task.object_key, *(p.object_key for p in [task.publication] if p is not None)}:
+        if key:
+            storage.delete(key)
+    now = utcnow()
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.EXPIRED)
+        .values(status=TaskStatus.DELETED, deleted_at=now, updated_at=now, dispatch_pending=False)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        session.rollback()
+        return False
+    session.execute(
+        update(PublishedStudy)
+        .where(PublishedStudy.task_id == task_id)
+        .values(deleted_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    audit(session, actor=actor, action=action, task=task)
+    session.commit()
+    return True
+
+
+def revoke(session: Session, settings: Settings, task_id: str, *, actor: str) -> Task:
+    """An administrator withdraws a link: the archive is deleted and the link answers 410."""
+    from studypub.storage import open_storage
+
+    task = get_task(session, task_id)
+    if task.status == TaskStatus.DELETED:
+        return task
+    if task.status == TaskStatus.RUNNING:
+        raise Conflict("the publication is being prepared; cancel its run in Prefect or wait, then revoke")
+    if not claim_for_deletion(session, task_id, only_if_due=False):
+        raise Conflict("the publication is being prepared; cancel its run in Prefect or wait, then revoke")
+    finish_deletion(session, open_storage(settings), task_id, actor=actor, action="publication.revoked")
+    session.expire_all()
+    return get_task(session, task_id)
+
+
 def audit(
     session: Session,
     *,
@@ -332,6 +511,6 @@ def result_view(session: Session, settings: Settings, task: Task) -> dict[str, A
         "progress": {"received": task.progress_received, "expected": task.progress_expected},
         "save_till": task.save_till.isoformat(),
     }
-    if task.status != TaskStatus.FAILED:
+    if task.status not in (TaskStatus.FAILED, TaskStatus.QUEUED) or not task.reason:
         view.pop("reason")
     return view

@@ -83,6 +83,12 @@ class LinkSettings(BaseModel):
     default_retention_days: int = Field(30, ge=1, le=3650, description="Storage period when none is given.")
     max_retention_days: int = Field(365, ge=1, le=36500, description="Longest storage period allowed.")
     key_bytes: int = Field(16, ge=16, le=32, description="Random bytes in a link key (16 bytes = 128 bits).")
+    presign_seconds: int = Field(
+        300, ge=30, le=604800, description="Life of the presigned S3 URL a download redirects to (seconds)."
+    )
+    rate_limit: str = Field(
+        "60/minute", description="Requests to link pages and downloads allowed per client address (limits syntax)."
+    )
 
 
 class DeidSettings(BaseModel):
@@ -108,6 +114,32 @@ class ArchiveSettings(BaseModel):
 class PrefectSettings(BaseModel):
     task_retries: int = Field(3, ge=0, le=20, description="Retries of a failed step (network, storage).")
     task_retry_delay: float = Field(5, ge=0, description="Initial delay between retries (seconds, doubles).")
+
+
+class ApiSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address the API/dashboard listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the API/dashboard.")
+    trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Addresses of reverse proxies whose X-Forwarded-For/-Proto are trusted (comma-separated, or *).",
+    )
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted (bytes); larger: 413.")
+    dispatch_interval: float = Field(
+        5, gt=0, le=300, description="Seconds between sweeps that start the runs of recorded requests."
+    )
+
+
+class RetentionSettings(BaseModel):
+    cron: str = Field("0 * * * *", description="Schedule of the retention flow (cron, server time zone UTC).")
+    work_max_age_hours: float = Field(
+        24, ge=0, description="Work folders of finished or abandoned publications older than this are removed."
+    )
+    results_max_age_days: float = Field(
+        7, ge=0, description="Prefect's persisted results (PREFECT_LOCAL_STORAGE_PATH) older than this are removed."
+    )
+    erase_identifiers_after_days: float = Field(
+        30, ge=0, description="PID, accession and EMK id of deleted publications are erased after this many days."
+    )
 
 
 class Settings(BaseSettings):
@@ -142,6 +174,8 @@ class Settings(BaseSettings):
     deid: DeidSettings = Field(default_factory=DeidSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:

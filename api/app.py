@@ -1,0 +1,61 @@
+"""The FastAPI application: the MIS API, the patient's link pages, and (later) the dashboard.
+
+``create_app()`` builds it; start-up work (database schema, the dispatcher thread) happens in the lifespan,
+never at import. ``studypub api`` serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.dispatch import Dispatcher
+from api.routes import links, publish
+from studypub.settings import Settings, get_settings
+
+DESCRIPTION = """
+StudyPublicator publishes anonymised imaging studies from the clinic's PACS behind short, unguessable links.
+
+The MIS calls **`POST /publish`** with the key it was given (`X-API-Key` header). The answer comes at once
+with the patient's link; the study is found, retrieved, anonymised, zipped and uploaded in the background
+(a Prefect flow run), and the link's page says "being prepared" until it is ready. `GET /publish/{task_id}`
+follows it.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from studypub.db import get_sessionmaker, migrate
+
+        migrate(settings)
+        app.state.sessions = get_sessionmaker(settings)
+        app.state.dispatcher = Dispatcher(app.state.sessions, interval=settings.api.dispatch_interval)
+        app.state.dispatcher.start()
+        try:
+            yield
+        finally:
+            app.state.dispatcher.stop()
+
+    app = FastAPI(
+        title="StudyPublicator",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(errors.BodySizeLimit, limit=settings.api.max_body_bytes)
+    app.include_router(publish.router)
+    app.include_router(links.router)
+
+    @app.get("/health", tags=["operations"], summary="Liveness")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,105 @@
+"""The dispatcher: hands recorded requests to Prefect. The endpoint records the request and answers at
+once; this thread (one per API process) creates the flow run of the ``publish`` deployment with an
+idempotency key, so several API processes, or a sweep racing a wake-up, still make one run per request.
+While Prefect is unreachable the requests wait, with the reason written on them, and start when it is back.
+"""
+
+from __future__ import annotations
+
+import threading
+from uuid import UUID
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from studypub.logs import details, get_logger
+from studypub.publications import mark_dispatched, note_dispatch_problem, pending_dispatch
+
+log = get_logger("api.dispatch")
+
+DEPLOYMENT = "publish-study/publish"
+
+
+def idempotency_key(task_id: str, requeues: int) -> str:
+    return f"studypub-publish:{task_id}:{requeues}"
+
+
+class Dispatcher:
+    def __init__(self, sessions: sessionmaker[Session], *, interval: float) -> None:
+        self._sessions = sessions
+        self._interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._deployment_id: UUID | None = None
+        self._problem: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        """A request was recorded: sweep now rather than at the next interval."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            backlog = False
+            try:
+                backlog = self.sweep()
+            except Exception as exc:  # the loop must survive anything; the reason is on the waiting requests
+                log.warning("Dispatch sweep failed", extra=details(error=type(exc).__name__))
+            if not backlog:
+                self._wake.wait(self._interval)
+
+    def sweep(self, limit: int = 100) -> bool:
+        """Start the runs of waiting requests. True when more are waiting than one sweep takes."""
+        with self._sessions() as session:
+            waiting = pending_dispatch(session, limit)
+        if not waiting:
+            return False
+        try:
+            self._create_runs(waiting)
+        except Exception as exc:
+            reason = _problem_reason(exc)
+            with self._sessions() as session:
+                note_dispatch_problem(session, [t for t, _ in waiting], reason)
+            if reason != self._problem:
+                log.warning(reason, extra=details(waiting=len(waiting), error=type(exc).__name__))
+            self._problem = reason
+            self._deployment_id = None
+            return False
+        if self._problem is not None:
+            log.info("Prefect reachable again; waiting publications started")
+            self._problem = None
+        return len(waiting) == limit
+
+    def _create_runs(self, waiting: list[tuple[str, int]]) -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            if self._deployment_id is None:
+                self._deployment_id = client.read_deployment_by_name(DEPLOYMENT).id
+            for task_id, requeues in waiting:
+                run = client.create_flow_run_from_deployment(
+                    self._deployment_id,
+                    parameters={"task_id": task_id},
+                    idempotency_key=idempotency_key(task_id, requeues),
+                )
+                with self._sessions() as session:
+                    mark_dispatched(session, task_id, requeues, str(run.id))
+                log.info("Publication run created", extra=details(task_id=task_id, flow_run_id=str(run.id)))
+
+
+def _problem_reason(exc: BaseException) -> str:
+    from prefect.exceptions import ObjectNotFound
+
+    if isinstance(exc, ObjectNotFound):
+        return "waiting: the publish deployment is not registered yet (is `studypub worker` running?)"
+    return f"waiting: Prefect is unreachable ({type(exc).__name__}); the run starts when it is back"

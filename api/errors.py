@@ -1,0 +1,147 @@
+"""Errors become HTTP responses in one place: ``{"code", "detail", "errors"?}``. Bad input is a 4xx with a
+reason; trouble with a dependency is a 503; nothing echoes the request's values back (they may be PHI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from studypub.errors import StudyPubError
+from studypub.logs import details, get_logger
+
+log = get_logger("api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+def error_body(code: str, detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def _field(loc: tuple[Any, ...], kind: str | None = None) -> str:
+    if kind == "json_invalid":  # its location is a character offset, not a field
+        return "body"
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return "the body is not valid JSON"
+    if kind == "model_attributes_type" or kind == "dict_type":
+        return "the body must be a JSON object"
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a field of this request"
+    if kind == "timezone_aware":
+        return "needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)"
+    if kind == "string_pattern_mismatch":
+        return "contains characters a DICOM query cannot carry (\\ * ? or control characters)"
+    return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+
+
+async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {
+            "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
+            "message": _message(e),
+        }
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "is invalid"}
+    detail = first["message"] if first["field"] == "body" else f"{first['field']}: {first['message']}"
+    return JSONResponse(error_body("invalid_request", detail, errors), status_code=422)
+
+
+async def _studypub(_request: Request, exc: StudyPubError) -> JSONResponse:
+    status = exc.http_status
+    if status >= 500 and status != 503:
+        log.error("Request failed", extra=details(error_code=exc.code))
+        return JSONResponse(error_body(exc.code, "internal error"), status_code=500)
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return JSONResponse(error_body(exc.code, exc.reason), status_code=status, headers=headers)
+
+
+async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _database(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("Database unavailable", extra=details(error=type(exc).__name__))
+    return JSONResponse(error_body("database_unavailable", "the database is unavailable; retry later"), 503)
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("Unexpected error", extra=details(error=type(exc).__name__))
+    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StudyPubError, _studypub)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(DBAPIError, _database)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodySizeLimit:
+    """Refuse bodies larger than ``limit`` bytes with 413, whether announced (Content-Length) or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._too_large(send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # FastAPI passes an HTTPException through its body parsing
+                    raise StarletteHTTPException(413, f"the request body is larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _too_large(self, send: Send) -> None:
+        response = JSONResponse(
+            error_body("request_too_large", f"the request body is larger than {self.limit} bytes"), 413
+        )
+        await response({"type": "http"}, _empty_receive, send)
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}

@@ -1,0 +1,123 @@
+"""What the MIS sends and receives. The request is exactly the spec's; dates are ISO 8601 with an offset."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+# PatientID is LO (64 chars) and AccessionNumber SH (16 chars) in DICOM; some PACSes are lax about the
+# latter, so both take up to 64. DICOM query wildcards and the value separator are refused.
+Identifier = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\\*?\x00-\x1f]+$")
+]
+Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=512)]
+
+
+# ISO 8601 text with a UTC offset; numbers (Unix times) are refused rather than guessed at.
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date-time string with a UTC offset, e.g. 2025-03-01T00:00:00+03:00")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+
+SPEC_EXAMPLE: dict[str, Any] = {
+    "patient_id": "1000001158664",
+    "accession_number": "KP125706548L",
+    "emk_record_id": "123456",
+    "clinic_code": "f_Khimki",
+    "service_code": "A01.201.405.002",
+    "service_title": "МРТ суставов",
+    "study_date": "2025-02-01T16:18:02+03:00",
+    "save_till_date": "2025-03-01T00:00:00+03:00",
+}
+
+
+class PublishRequest(BaseModel):
+    """A publication request from the MIS."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SPEC_EXAMPLE]})
+
+    patient_id: Identifier = Field(description="PatientID in the PACS; the study must belong to this patient.")
+    accession_number: Identifier = Field(description="AccessionNumber of the study in the PACS.")
+    emk_record_id: Code | None = Field(None, description="The MIS's record id (EMK), kept with the publication.")
+    clinic_code: Code = Field(description="Code of the clinic the study belongs to.")
+    service_code: Code | None = Field(None, description="Code of the service (shown to staff).")
+    service_title: Text | None = Field(None, description="Title shown on the patient's page, e.g. «МРТ суставов».")
+    study_date: DateTime | None = Field(None, description="Date and time of the study, ISO 8601 with offset.")
+    save_till_date: DateTime | None = Field(
+        None,
+        description="End of the storage period, ISO 8601 with offset; default: the default retention.",
+    )
+
+
+class ExtendRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"save_till_date": "2025-06-01T00:00:00+03:00"}]}
+    )
+
+    save_till_date: DateTime = Field(description="New end of the storage period (later than the current one).")
+
+
+class Progress(BaseModel):
+    received: int | None = Field(None, description="Instances received from the PACS so far.")
+    expected: int | None = Field(None, description="Instances the PACS announced, when known.")
+
+
+Status = Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "EXPIRED", "DELETED"]
+
+
+class Publication(BaseModel):
+    """A publication's state. The link is issued with the request and never changes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task_id": "6f1c2a4e-3b0d-4f7e-9a51-2c8d7e0b9f13",
+                    "status": "QUEUED",
+                    "step": "find",
+                    "link": "https://studies.clinic.example/s/Q2h4d3VjZ2V0a2V5MTIz",
+                    "status_url": "https://studies.clinic.example/publish/6f1c2a4e-3b0d-4f7e-9a51-2c8d7e0b9f13",
+                    "save_till": "2025-02-28T21:00:00+00:00",
+                    "progress": {"received": None, "expected": None},
+                    "size_bytes": None,
+                    "instances": None,
+                    "reason": None,
+                }
+            ]
+        }
+    )
+
+    task_id: str
+    status: Status
+    step: str | None = Field(None, description="The step running now, or the one that failed.")
+    link: str = Field(description="The patient's link; shows 'being prepared' until the archive is ready.")
+    status_url: str = Field(description="GET it (with the API key) to follow the publication.")
+    save_till: datetime
+    progress: Progress
+    size_bytes: int | None = Field(None, description="Archive size, once uploaded.")
+    instances: int | None = Field(None, description="Images in the archive.")
+    withheld: int | None = Field(None, description="Images withheld because their pixels may show identity.")
+    reason: str | None = Field(None, description="Why it failed, or why its run has not started yet.")
+
+
+class ErrorField(BaseModel):
+    field: str
+    message: str
+
+
+class Error(BaseModel):
+    """Every error: a code to branch on and a reason a person can read."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"code": "invalid_request", "detail": "save_till_date is in the past"}]}
+    )
+
+    code: str
+    detail: str
+    errors: list[ErrorField] | None = None

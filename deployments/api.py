@@ -1,0 +1,44 @@
+"""``studypub api``: the API and the patient's link pages, served by uvicorn with the project's JSON logs.
+
+Client addresses (rate limits, the audit's coarse client info) come from X-Forwarded-For only when the
+request comes from a trusted proxy (``STUDYPUB_API__TRUSTED_PROXIES``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from studypub.settings import Settings
+
+# JSON lines on stderr in the spec's shape (studypub.logs), for our loggers and uvicorn's.
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "studypub.logs.SpecJsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "json"}},
+    "loggers": {
+        "studypub": {"level": "INFO"},
+        "uvicorn": {"level": "INFO"},
+        "uvicorn.error": {"level": "INFO"},
+        "prefect": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
+    "root": {"level": "WARNING", "handlers": ["stderr"]},
+}
+
+
+def serve_api(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.api.trusted_proxies,
+        log_config=LOG_CONFIG,
+        access_log=False,  # access lines would carry link keys; the app audits what matters
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,71 @@
+"""API keys of MIS clients. A key is 256 random bits shown once; only its SHA-256 is stored, so a stolen
+database does not give working keys. Lookup is by hash (an index), so checking a key costs one query."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from studypub.errors import NotFound, ValidationError
+from studypub.models import ApiKey, AuditEvent, utcnow
+
+KEY_PREFIX = "sp_"
+_TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is updated at most this often (no write per request)
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, *, clinic_code: str | None, actor: str) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the key itself (shown once, never stored)."""
+    name = (name or "").strip()
+    if not name or len(name) > 64:
+        raise ValidationError("the key needs a name of 1 to 64 characters")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, clinic_code=clinic_code, key_hash=_hash(key), key_hint=key[:8], created_by=actor)
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ValidationError(f"an API key named {name!r} already exists") from exc
+    session.add(AuditEvent(actor=actor, action="api_key.created", clinic_code=clinic_code, details={"name": name}))
+    session.commit()
+    return row, key
+
+
+def revoke_key(session: Session, name: str, *, actor: str) -> ApiKey:
+    row = session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
+    if row is None:
+        raise NotFound(f"no API key named {name!r}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.add(
+            AuditEvent(actor=actor, action="api_key.revoked", clinic_code=row.clinic_code, details={"name": name})
+        )
+        session.commit()
+    return row
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.name)))
+
+
+def authenticate(session: Session, key: str | None) -> ApiKey | None:
+    """The live key matching ``key``, or None."""
+    if not key or not key.startswith(KEY_PREFIX) or len(key) > 128:
+        return None
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == _hash(key))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY:
+        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        session.commit()
+    return row
