@@ -201,3 +201,21 @@ def study_factory(tmp_path: Path) -> Callable[..., GeneratedStudy]:
         return generate_study(tmp_path / f"study-{next(counter)}", spec)
 
     return make
+
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``api_server(**env)`` starts ``studypub api`` (tests.support.api.ApiServer) with the test's
+    environment plus ``env``; stopped after the test."""
+    from tests.support.api import ApiServer
+
+    started: list[Any] = []
+
+    def start(**env: str) -> Any:
+        server = ApiServer(tmp_path / f"api-{len(started)}.log", env=env).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
