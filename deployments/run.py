@@ -1,12 +1,15 @@
 """``studypub run``: the whole service on one machine with embedded defaults.
 
 Starts a local Prefect server (unless PREFECT_API_URL points at one), the demo PACS (Orthanc loaded with
-generated studies, unless --no-demo), and ``studypub worker`` (the Storage SCP and the served ``publish``
-deployment); prints what to do next; Ctrl-C stops everything (the worker before the Prefect server).
+generated studies, unless --no-demo), ``studypub worker`` (the Storage SCP and the served ``publish`` and
+``retention`` deployments) and ``studypub api`` (the MIS API and the patients' link pages, on 127.0.0.1);
+prints the addresses and a ``curl`` that publishes a demo study; Ctrl-C stops everything (the API and the
+worker before the Prefect server).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -87,6 +90,54 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     return proc
 
 
+def start_api(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+    """``studypub api`` as a child process, on the configured address (127.0.0.1 by default)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "api"], env=dict(os.environ), start_new_session=True
+    )
+    host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host
+    url = f"http://{host}:{settings.api.port}"
+    try:
+        _wait_http(f"{url}/health", timeout=60)
+    except TimeoutError:
+        stop_process(proc, 5)
+        raise SystemExit(f"the API did not start on {url} (is the port taken? see its log lines above)") from None
+    return proc, url
+
+
+def demo_api_key(settings: Settings) -> str:
+    """A key for trying the API from this machine, kept (0600) in the work folder; development only."""
+    from studypub.apikeys import authenticate, create_key
+    from studypub.db import get_sessionmaker
+
+    path = settings.work_dir / "demo-mis-key"
+    with get_sessionmaker(settings)() as session:
+        if path.is_file() and authenticate(session, path.read_text().strip()) is not None:
+            return path.read_text().strip()
+        _, key = create_key(session, f"demo-{int(time.time())}", clinic_code=None, actor="studypub run")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def curl_example(api_url: str, key: str, clinic: str, patient_id: str, accession: str) -> str:
+    body = json.dumps(
+        {
+            "patient_id": patient_id,
+            "accession_number": accession,
+            "clinic_code": clinic,
+            "service_title": "МРТ суставов",
+            "study_date": "2025-02-01T16:18:02+03:00",
+        },
+        ensure_ascii=False,
+    )
+    return (
+        f"  curl -s -X POST {api_url}/publish -H 'X-API-Key: {key}' -H 'Content-Type: application/json' \\\n"
+        f"       -d '{body}'"
+    )
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -112,6 +163,7 @@ def serve_forever(args: Any, settings: Settings) -> int:
     prefect_proc = None
     pacs = None
     worker = None
+    api_proc = None
     try:
         api = os.environ.get("PREFECT_API_URL")
         if not api:
@@ -125,28 +177,31 @@ def serve_forever(args: Any, settings: Settings) -> int:
         if not port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
             raise SystemExit(f"port {settings.pacs.scp_port} (Storage SCP) is taken: is another studypub running?")
         worker = start_worker(settings)
+        api_proc, api_url = start_api(settings)
         ui = api.removesuffix("/api")
         lines = [
             "",
             "StudyPublicator is running.",
+            f"  API:              {api_url}/publish  (docs: {api_url}/docs)",
+            f"  Patient links:    {settings.links.public_base_url}/s/<key>",
             f"  Prefect UI:       {ui}",
             f"  PACS:             {settings.pacs.called_ae}@{settings.pacs.host}:{settings.pacs.port}"
             + (f" (demo Orthanc, web {pacs.url})" if pacs else ""),
             f"  Worker:           Storage SCP {settings.pacs.calling_ae} on port {settings.pacs.scp_port}; "
-            "deployment publish-study/publish (failed runs can be retried from the Prefect UI)",
+            "deployments publish-study/publish (retry failed runs from the Prefect UI) and retention/retention",
             f"  Work folder:      {settings.work_dir}",
             f"  Archives go to:   {settings.storage_url_resolved}",
-            "",
-            "Publish a study from another terminal:",
-            f"  export PREFECT_API_URL={api}",
         ]
-        if os.environ.get("STUDYPUB_WORK_DIR"):  # the CLI must share the work folder (and the rest of STUDYPUB_*)
-            lines.append(f"  export STUDYPUB_WORK_DIR={settings.work_dir}")
         if specs:
             spec = specs[0]
-            lines.append(
-                f"  .venv/bin/studypub publish --patient-id {spec.patient_id} --accession {spec.accession_number}"
-            )
+            key = demo_api_key(settings) if settings.env == "development" else "<an MIS key>"
+            lines += [
+                "",
+                "Publish a demo study as the MIS would (the answer carries the patient's link at once):",
+                curl_example(api_url, key, settings.default_clinic_code, spec.patient_id, spec.accession_number),
+                "then follow it:  curl -s -H 'X-API-Key: ...' <status_url from the answer>",
+                "MIS keys: .venv/bin/studypub create-api-key --name <MIS name>",
+            ]
             lines += ["", "Demo studies (patient id / accession):"]
             lines += [f"  {s.patient_id:<16} {s.accession_number}" for s in specs]
         lines += ["", "Ctrl-C stops everything."]
@@ -156,10 +211,13 @@ def serve_forever(args: Any, settings: Settings) -> int:
                 raise SystemExit("the Prefect server stopped; see prefect-server.log in the work folder")
             if worker.poll() is not None:
                 raise SystemExit("the worker stopped (see its log lines above)")
+            if api_proc.poll() is not None:
+                raise SystemExit("the API stopped (see its log lines above)")
     except KeyboardInterrupt:
         pass
     finally:
         print("Stopping...", file=sys.stderr)
+        stop_process(api_proc, 10)
         stop_process(worker, 30)  # before the Prefect server: a runner whose server is gone hangs on exit
         if pacs is not None:
             pacs.stop()

@@ -430,6 +430,7 @@ def finish_deletion(session: Session, storage: Any, task_id: str, *, actor: str,
     """Delete the archive of a claimed (EXPIRED) publication and mark it DELETED; its link answers 410.
     Idempotent and safe to run twice at once: deleting a missing object is fine, and only the caller whose
     update moves EXPIRED → DELETED records it. True for that caller."""
+    session.expire_all()  # the claim was a bulk UPDATE: read the row as it is now
     task = get_task(session, task_id)
     if task.status != TaskStatus.EXPIRED:
         return False

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "changethis", "secret", "password", "minioadmin"})
@@ -89,6 +89,31 @@ class LinkSettings(BaseModel):
     rate_limit: str = Field(
         "60/minute", description="Requests to link pages and downloads allowed per client address (limits syntax)."
     )
+    time_zone: str = Field(
+        "Europe/Moscow", description="IANA time zone dates are shown in on link pages and in download file names."
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit such as 60/minute: {value!r}") from exc
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _valid_time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"not an IANA time zone such as Europe/Moscow: {value!r}") from exc
+        return value
 
 
 class DeidSettings(BaseModel):

@@ -59,6 +59,10 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def path(self, key: str) -> Path:
+        """The object's file (for serving it directly; HTTP Range is the server's business)."""
+        return self._path(key)
+
 
 @dataclass
 class S3Storage:
@@ -116,6 +120,23 @@ class S3Storage:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(key))  # type: ignore[attr-defined]
 
+    def presigned_url(self, key: str, expires: int, filename: str) -> str:
+        """A short-lived GET URL (SigV4) for the object that downloads as ``filename`` and is not cached.
+        Signing is local (no request to storage); the URL carries the endpoint's host, which the client must
+        reach. SigV4 URLs live at most 7 days (``expires`` <= 604800)."""
+        try:
+            return str(
+                self.fs.url(  # type: ignore[attr-defined]
+                    self._path(key),
+                    expires=expires,
+                    ResponseContentDisposition=f'attachment; filename="{filename}"',
+                    ResponseContentType="application/zip",
+                    ResponseCacheControl="no-store",
+                )
+            )
+        except Exception as exc:
+            raise StorageUnavailable(f"Cannot sign a storage URL: {type(exc).__name__}") from exc
+
 
 def open_storage(settings: Settings) -> LocalStorage | S3Storage:
     url = settings.storage_url_resolved
@@ -139,7 +160,12 @@ def open_storage(settings: Settings) -> LocalStorage | S3Storage:
             key=s.access_key_id.get_secret_value(),
             secret=s.secret_access_key.get_secret_value(),
             client_kwargs=client_kwargs,
-            config_kwargs={"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 10},
+            # SigV4 for presigned URLs too (botocore would presign with the deprecated SigV2).
+            config_kwargs={
+                "retries": {"max_attempts": 2, "mode": "standard"},
+                "connect_timeout": 10,
+                "signature_version": "s3v4",
+            },
             use_listings_cache=False,
             skip_instance_cache=True,
         )

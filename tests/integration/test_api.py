@@ -1,12 +1,28 @@
-"""The MIS API over real HTTP against ``studypub api``: auth, validation, idempotency, status, extension."""
+"""The MIS API over real HTTP against ``studypub api`` (its own process): authentication, validation,
+idempotency under a race, status, extension and revocation, and what happens while Prefect is unreachable.
+Both databases where it matters."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import httpx
 import pytest
 
-from tests.support.api import make_api_key, seed_publication
+from studypub.models import utcnow
+from tests.support.api import make_api_key, past, seed_publication
+from tests.support.proxy import TcpProxy
+
+STUDYPUB = Path(sys.executable).with_name("studypub")
 
 BODY: dict[str, Any] = {
     "patient_id": "1000001158664",
@@ -17,14 +33,336 @@ BODY: dict[str, Any] = {
     "service_title": "МРТ суставов",
     "study_date": "2025-02-01T16:18:02+03:00",
 }
+UNREACHABLE_PREFECT = "http://127.0.0.1:9/api"
 
 
-def test_smoke(db_url: str, api_server: Any) -> None:
+def iso(days: float) -> str:
+    return (utcnow() + timedelta(days=days)).isoformat()
+
+
+def cli(*args: str) -> dict[str, Any]:
+    out = subprocess.run([str(STUDYPUB), *args], capture_output=True, text=True, timeout=120)
+    return dict(json.loads(out.stdout), exit_code=out.returncode)
+
+
+def db_task(task_id: str) -> Any:
+    from studypub.db import get_sessionmaker
+    from studypub.publications import get_task
+
+    with get_sessionmaker()() as session:
+        return get_task(session, task_id)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def mis(db_url: str, api_server: Any) -> Iterator[httpx.Client]:
+    """An MIS client with a valid key, against an API whose Prefect is unreachable (runs wait)."""
     key = make_api_key()
-    seeded = seed_publication()
-    api = api_server(PREFECT_API_URL="http://127.0.0.1:9/api")
-    with api.client(headers={"X-API-Key": key}) as c:
-        r = c.post("/publish", json=BODY)
-        assert r.status_code == 202, r.text
-        r = c.get(f"/publish/{seeded.task_id}")
-        assert r.status_code == 200 and r.json()["status"] == "COMPLETED"
+    api = api_server(PREFECT_API_URL=UNREACHABLE_PREFECT)
+    with api.client(headers={"X-API-Key": key}) as client:
+        yield client
+
+
+# --- authentication ----------------------------------------------------------------------------------------
+
+
+def test_keys_are_required_and_checked(db_url: str, api_server: Any) -> None:
+    good = make_api_key("mis")
+    khimki = make_api_key("khimki-only", clinic_code="f_Khimki")
+    other = seed_publication(clinic_code="f_Other")
+    api = api_server(PREFECT_API_URL=UNREACHABLE_PREFECT)
+    with api.client() as c:
+        for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "sp_" + "x" * 43}, {"X-API-Key": good[:-1]}):
+            r = c.post("/publish", json=BODY, headers=headers)
+            assert r.status_code == 401, (headers, r.text)
+            assert r.json()["code"] == "unauthorized" and r.json()["detail"]
+        assert c.get(f"/publish/{other.task_id}").status_code == 401
+
+        r = c.post("/publish", json=dict(BODY, clinic_code="f_Other"), headers={"X-API-Key": khimki})
+        assert r.status_code == 403 and "clinic" in r.json()["detail"]
+        assert c.get(f"/publish/{other.task_id}", headers={"X-API-Key": khimki}).status_code == 404
+        assert c.get(f"/publish/{other.task_id}", headers={"X-API-Key": good}).status_code == 200
+
+        # Revoked through the administrator's command: refused from then on.
+        assert c.post("/publish", json=BODY, headers={"X-API-Key": good}).status_code == 202
+        assert cli("revoke-api-key", "--name", "mis")["status"] == "ok"
+        assert c.post("/publish", json=BODY, headers={"X-API-Key": good}).status_code == 401
+    listed = cli("list-api-keys")["keys"]
+    assert {k["name"] for k in listed} == {"mis", "khimki-only"}
+    assert all(good not in json.dumps(k) and khimki not in json.dumps(k) for k in listed)
+
+
+def test_create_api_key_command_prints_a_working_key_once(db_url: str, api_server: Any) -> None:
+    created = cli("create-api-key", "--name", "MIS Khimki", "--clinic", "f_Khimki")
+    assert created["exit_code"] == 0 and created["api_key"].startswith("sp_") and len(created["api_key"]) >= 40
+    again = cli("create-api-key", "--name", "MIS Khimki")
+    assert again["exit_code"] == 1 and "already exists" in again["reason"]
+    api = api_server(PREFECT_API_URL=UNREACHABLE_PREFECT)
+    with api.client(headers={"X-API-Key": created["api_key"]}) as c:
+        assert c.post("/publish", json=BODY).status_code == 202
+    from sqlalchemy import select
+
+    from studypub.db import get_sessionmaker
+    from studypub.models import ApiKey
+
+    with get_sessionmaker()() as session:
+        stored = session.scalars(select(ApiKey)).one()
+        assert created["api_key"] not in (stored.key_hash, stored.key_hint) and len(stored.key_hash) == 64
+
+
+# --- validation --------------------------------------------------------------------------------------------
+
+BAD_PAYLOADS: list[tuple[str, Any, str]] = [
+    ("missing patient_id", {k: v for k, v in BODY.items() if k != "patient_id"}, "patient_id"),
+    ("missing accession", {k: v for k, v in BODY.items() if k != "accession_number"}, "accession_number"),
+    ("missing clinic", {k: v for k, v in BODY.items() if k != "clinic_code"}, "clinic_code"),
+    ("number as patient_id", dict(BODY, patient_id=1000001158664), "patient_id"),
+    ("null accession", dict(BODY, accession_number=None), "accession_number"),
+    ("empty accession", dict(BODY, accession_number="  "), "accession_number"),
+    ("wildcard accession", dict(BODY, accession_number="KP*"), "accession_number"),
+    ("backslash in patient_id", dict(BODY, patient_id="1\\2"), "patient_id"),
+    ("control character", dict(BODY, patient_id="10\n01"), "patient_id"),
+    ("huge patient_id", dict(BODY, patient_id="1" * 65), "patient_id"),
+    ("huge title", dict(BODY, service_title="М" * 513), "service_title"),
+    ("list as title", dict(BODY, service_title=["МРТ"]), "service_title"),
+    ("unknown field", dict(BODY, patient_name="Ivanov^Ivan"), "patient_name"),
+    ("date without offset", dict(BODY, study_date="2025-02-01T16:18:02"), "study_date"),
+    ("date only", dict(BODY, save_till_date="2025-03-01"), "save_till_date"),
+    ("not a date", dict(BODY, study_date="yesterday"), "study_date"),
+    ("unix time", dict(BODY, study_date=1738415882), "study_date"),
+    ("impossible date", dict(BODY, study_date="2025-02-30T10:00:00+03:00"), "study_date"),
+    ("save_till in the past", dict(BODY, save_till_date="2020-03-01T00:00:00+03:00"), "past"),
+    ("save_till beyond max", dict(BODY, save_till_date="2099-03-01T00:00:00+03:00"), "maximum retention"),
+    ("array body", [BODY], "body"),
+    ("string body", "publish please", "body"),
+]
+
+
+def test_bad_payloads_get_422_with_a_reason(mis: httpx.Client) -> None:
+    for name, payload, mention in BAD_PAYLOADS:
+        r = mis.post("/publish", json=payload)
+        assert r.status_code == 422, (name, r.status_code, r.text)
+        body = r.json()
+        assert body["code"] == "invalid_request" and mention in r.text, (name, body)
+        assert "Ivanov" not in r.text  # values are not echoed back
+    # Not JSON at all, wrong content type, too large: still 4xx with a reason, never 500.
+    r = mis.post("/publish", content=b'{"patient_id": "1",', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"] == "the body is not valid JSON"
+    r = mis.post("/publish", content="patient_id=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert 400 <= r.status_code < 500 and r.json()["detail"]
+    r = mis.post("/publish", content=b"\xff\xfe\x00garbage", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"]
+    r = mis.post("/publish", json=dict(BODY, service_title="x" * 200_000))
+    assert r.status_code == 413 and r.json()["code"] == "request_too_large"
+    r = mis.get("/publish/../../etc/passwd")
+    assert r.status_code == 404
+    assert mis.get("/publish/" + "x" * 5000).status_code == 404
+    # Nothing was recorded by any of them.
+    from sqlalchemy import func, select
+
+    from studypub.db import get_sessionmaker
+    from studypub.models import Task
+
+    with get_sessionmaker()() as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 0
+
+
+def test_russian_title_and_default_retention(mis: httpx.Client) -> None:
+    r = mis.post("/publish", json=BODY)
+    assert r.status_code == 202
+    body = r.json()
+    task = db_task(body["task_id"])
+    assert task.service_title == "МРТ суставов" and task.emk_record_id == "123456"
+    kept = task.save_till - utcnow()
+    assert timedelta(days=29, hours=23) < kept <= timedelta(days=30)
+    r = mis.post("/publish", json=dict(BODY, accession_number="OTHER1", save_till_date=iso(10)))
+    assert abs((db_task(r.json()["task_id"]).save_till - utcnow()) - timedelta(days=10)) < timedelta(minutes=1)
+
+
+# --- the answers -------------------------------------------------------------------------------------------
+
+
+def test_answers_follow_the_publication_state(mis: httpx.Client) -> None:
+    # New: 202 with the task, its status URL and the link, issued now.
+    r = mis.post("/publish", json=BODY)
+    assert r.status_code == 202
+    first = r.json()
+    assert first["status"] == "QUEUED" and first["link"].endswith("/s/" + db_task(first["task_id"]).link_key)
+    assert BODY["patient_id"] not in first["link"] and BODY["accession_number"] not in first["link"]
+    assert urlparse(first["status_url"]).path == f"/publish/{first['task_id']}"
+    # Queued: 202, same task and link. While Prefect is unreachable the reason says so.
+    again = mis.post("/publish", json=BODY).json()
+    assert (again["task_id"], again["link"]) == (first["task_id"], first["link"])
+    status = wait_for(lambda: (s := mis.get(first["status_url"]).json())["reason"] and s, 60, "the dispatch reason")
+    assert "Prefect is unreachable" in status["reason"] and status["progress"] == {"received": None, "expected": None}
+
+    # Published and not expired: 200 with the existing link and its size.
+    done = seed_publication(patient_id="P1", accession="A1")
+    r = mis.post("/publish", json=dict(BODY, patient_id="P1", accession_number="A1"))
+    assert r.status_code == 200 and r.json()["task_id"] == done.task_id and r.json()["status"] == "COMPLETED"
+    assert r.json()["size_bytes"] == len(done.archive) and r.json()["instances"] == 3
+
+    # Failed: the same request queues it again (same task and link); the reason is gone until it fails again.
+    failed = seed_publication("FAILED", patient_id="P2", accession="A2")
+    shown = mis.get(f"/publish/{failed.task_id}").json()
+    assert shown["status"] == "FAILED" and "accession" in shown["reason"] and shown["step"] == "find"
+    r = mis.post("/publish", json=dict(BODY, patient_id="P2", accession_number="A2"))
+    assert r.status_code == 202 and r.json()["task_id"] == failed.task_id and r.json()["status"] == "QUEUED"
+    task = db_task(failed.task_id)
+    assert task.requeues == 1 and task.dispatch_pending and task.link_key == failed.link_key
+
+    # Past its storage period but not deleted yet: a new publication (new link); the old one is expired.
+    old = seed_publication(patient_id="P3", accession="A3", save_till=past(1))
+    r = mis.post("/publish", json=dict(BODY, patient_id="P3", accession_number="A3"))
+    assert r.status_code == 202 and r.json()["task_id"] != old.task_id
+    assert db_task(old.task_id).status == "EXPIRED"
+
+    assert mis.get("/publish/no-such-task").status_code == 404
+
+
+def test_extension_and_revocation(mis: httpx.Client) -> None:
+    from studypub.settings import get_settings
+    from studypub.storage import open_storage
+
+    pub = seed_publication(save_till=utcnow() + timedelta(days=3))
+    url = f"/publish/{pub.task_id}/extend"
+    r = mis.post(url, json={"save_till_date": iso(400)})
+    assert r.status_code == 422 and "maximum retention" in r.json()["detail"]
+    r = mis.post(url, json={"save_till_date": iso(1)})
+    assert r.status_code == 422 and "later than the current" in r.json()["detail"]
+    assert mis.post(url, json={"save_till_date": "2025-06-01"}).status_code == 422
+    assert mis.post(url, json={}).status_code == 422
+    r = mis.post(url, json={"save_till_date": iso(60)})
+    assert r.status_code == 200 and abs(db_task(pub.task_id).save_till - (utcnow() + timedelta(days=60))).days == 0
+
+    # Expired but not yet deleted: it can still be extended.
+    late = seed_publication(save_till=past(2))
+    r = mis.post(f"/publish/{late.task_id}/extend", json={"save_till_date": iso(7)})
+    assert r.status_code == 200 and db_task(late.task_id).status == "COMPLETED"
+
+    # Revoked by an administrator: the archive is deleted, the link is gone, extension is refused.
+    storage = open_storage(get_settings())
+    assert storage.exists(pub.object_key)
+    out = cli("revoke", pub.task_id)
+    assert out["exit_code"] == 0 and out["status"] == "DELETED"
+    assert not storage.exists(pub.object_key)
+    r = mis.post(url, json={"save_till_date": iso(90)})
+    assert r.status_code == 410 and "deleted" in r.json()["detail"]
+    assert mis.get(f"/publish/{pub.task_id}").json()["status"] == "DELETED"
+    assert cli("revoke", pub.task_id)["status"] == "DELETED"  # idempotent
+    assert cli("revoke", "no-such-task")["exit_code"] == 1
+    assert mis.post("/publish/no-such-task/extend", json={"save_till_date": iso(9)}).status_code == 404
+
+
+# --- idempotency under a race, and Prefect ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def publish_deployment(prefect_api_url: str) -> str:
+    """The `publish` deployment registered in the test Prefect server, with nobody serving it: runs the
+    dispatcher creates stay scheduled (the tests delete them)."""
+    from flows.publish import publish_study
+
+    return str(publish_study.to_deployment(name="publish").apply())  # type: ignore[union-attr]
+
+
+def flow_runs_of(task_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=200)
+    return [r for r in runs if (r.parameters or {}).get("task_id") == task_id]
+
+
+def delete_runs(runs: list[Any]) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for run in runs:
+            client.delete_flow_run(run.id)
+
+
+def test_a_hundred_identical_requests_make_one_task_and_one_run(
+    db_url: str, api_server: Any, prefect_api_url: str, publish_deployment: str
+) -> None:
+    key = make_api_key()
+    api = api_server(PREFECT_API_URL=prefect_api_url, STUDYPUB_API__DISPATCH_INTERVAL="0.5")
+    body = dict(BODY, accession_number=f"RACE{int(time.time() * 1000) % 10**8}")
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=api.base_url, timeout=60, headers={"X-API-Key": key}) as c:
+            return c.post("/publish", json=body)
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        responses = list(pool.map(post, range(100)))
+    assert all(r.status_code in (200, 202) for r in responses), {r.status_code for r in responses}
+    answers = {(r.json()["task_id"], r.json()["link"]) for r in responses}
+    assert len(answers) == 1
+    task_id = answers.pop()[0]
+    from sqlalchemy import func, select
+
+    from studypub.db import get_sessionmaker
+    from studypub.models import Task
+
+    with get_sessionmaker()() as session:
+        assert session.scalar(select(func.count()).select_from(Task)) == 1
+    flow_run_id = wait_for(lambda: db_task(task_id).flow_run_id, 60, "the dispatcher to start the run")
+    time.sleep(2)  # more sweeps, and any straggling dispatch, would show as a second run
+    runs = flow_runs_of(task_id)
+    try:
+        assert [str(r.id) for r in runs] == [flow_run_id]
+        assert runs[0].parameters == {"task_id": task_id}  # nothing but the task id goes to Prefect
+        assert runs[0].idempotency_key == f"studypub-publish:{task_id}:0"
+    finally:
+        delete_runs(runs)
+
+
+def test_requests_wait_while_prefect_is_unreachable_and_start_when_it_is_back(
+    db_url: str, api_server: Any, prefect_api_url: str, publish_deployment: str
+) -> None:
+    """The choice: record, answer 202 with the link, and start the run when Prefect is back (nothing lost)."""
+    upstream = urlparse(prefect_api_url)
+    proxy = TcpProxy(upstream.hostname or "127.0.0.1", upstream.port or 80)
+    key = make_api_key()
+    api = api_server(
+        PREFECT_API_URL=f"http://127.0.0.1:{proxy.port}/api",
+        STUDYPUB_API__DISPATCH_INTERVAL="0.5",
+        PREFECT_CLIENT_MAX_RETRIES="0",
+    )
+    try:
+        with api.client(headers={"X-API-Key": key}) as c:
+            r = c.post("/publish", json=dict(BODY, accession_number="DOWN1"))
+            assert r.status_code == 202 and r.json()["link"]
+            task_id = r.json()["task_id"]
+            waiting = wait_for(lambda: (s := c.get(f"/publish/{task_id}").json())["reason"] and s, 60, "reason")
+            assert waiting["status"] == "QUEUED" and "Prefect is unreachable" in waiting["reason"]
+            assert db_task(task_id).flow_run_id is None
+            proxy.start()
+            flow_run_id = wait_for(lambda: db_task(task_id).flow_run_id, 60, "the run once Prefect is back")
+            shown = c.get(f"/publish/{task_id}").json()
+            assert shown["status"] == "QUEUED" and shown["reason"] is None
+        runs = flow_runs_of(task_id)
+        assert [str(r.id) for r in runs] == [flow_run_id]
+        delete_runs(runs)
+    finally:
+        proxy.stop()
+    assert "Prefect is unreachable" in api.log_text() and "Prefect reachable again" in api.log_text()
+
+
+def test_openapi_documents_the_spec_example_and_every_answer(mis: httpx.Client) -> None:
+    schema = mis.get("/openapi.json").json()
+    post = schema["paths"]["/publish"]["post"]
+    example = post["requestBody"]["content"]["application/json"]["example"]
+    assert set(example) == set(BODY) | {"save_till_date"} and example["accession_number"] == "KP125706548L"
+    assert {"200", "202", "401", "403", "413", "422", "503"} <= set(post["responses"])
+    assert "/publish/{task_id}" in schema["paths"] and "/publish/{task_id}/extend" in schema["paths"]
+    assert not any(p.startswith("/s/") for p in schema["paths"])  # the patient's pages are not API
+    assert mis.get("/docs").status_code == 200

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.fileset import FileSet
@@ -418,21 +419,33 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
     s3_server: Any,
     s3_bucket: str,
     study_factory: Callable[..., GeneratedStudy],
+    api_server: Any,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`studypub worker` serves the `publish` deployment; a run that failed (storage down) is retried the way
-    the Prefect UI's Retry does it (the same flow run set to AwaitingRetry) and resumes at the upload."""
+    """The MIS's request through the API; the dispatcher starts the run of the `publish` deployment that
+    `studypub worker` serves; the run fails (storage down) and the API shows why; it is retried the way the
+    Prefect UI's Retry does it (the same flow run set to AwaitingRetry) and resumes at the upload: same link,
+    one object, and the MIS asking again gets the link with 200."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
     from prefect.states import AwaitingRetry
 
     from studypub.db import get_sessionmaker
-    from studypub.publications import PublicationRequest, get_task, request_publication
-    from studypub.settings import get_settings
+    from studypub.publications import get_task
+    from tests.support.api import make_api_key
 
     study = study_factory()
     orthanc.upload(study.paths)
     env = dict(s3_env(orthanc_env, s3_server, s3_bucket), STUDYPUB_PREFECT__TASK_RETRIES="0")
+    for name, value in env.items():  # the API process and this test's own database access see the same
+        if name.startswith(("STUDYPUB_", "PREFECT_API_URL")):
+            monkeypatch.setenv(name, value)
+    from studypub.settings import get_settings
+
+    get_settings.cache_clear()
+    key = make_api_key()
+    api = api_server(STUDYPUB_API__DISPATCH_INTERVAL="1")
+    mis = httpx.Client(base_url=api.base_url, headers={"X-API-Key": key}, timeout=30)
     log_file = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([str(STUDYPUB), "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -445,34 +458,44 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
                     return None
 
             _wait_for(deployment, 90, "the worker to serve the deployment")
-            with get_sessionmaker()() as session:  # the request, as the API records it
-                task, _ = request_publication(
-                    session,
-                    get_settings(),
-                    PublicationRequest(study.patient_id, study.accession_number, "default", "mis"),
-                )
             s3_server.stop()
-            run = run_deployment("publish-study/publish", parameters={"task_id": task.id}, timeout=0)
-            state = _wait_for(lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s, 180, "the run")
-            assert state.is_failed()
+            body = {
+                "patient_id": study.patient_id,
+                "accession_number": study.accession_number,
+                "clinic_code": "f_Khimki",
+                "service_title": "МРТ суставов",
+            }
+            answer = mis.post("/publish", json=body)
+            assert answer.status_code == 202
+            first = answer.json()
+            failed = _wait_for(
+                lambda: (s := mis.get(first["status_url"]).json())["status"] == "FAILED" and s, 180, "the failure"
+            )
+            assert failed["step"] == "upload" and "storage" in failed["reason"].lower()
             with get_sessionmaker()() as session:
-                failed = get_task(session, task.id)
-                assert (failed.status, failed.step) == ("FAILED", "upload")
+                task = get_task(session, first["task_id"])
+            run_id = task.flow_run_id
+            assert run_id
+            state = _wait_for(lambda: (s := client.read_flow_run(run_id).state) and s.is_final() and s, 60, "run end")
+            assert state.is_failed()
 
             s3_server.start()
-            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)  # what the UI's Retry does
-            state = _wait_for(
-                lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s.is_completed() and s,
+            client.set_flow_run_state(run_id, AwaitingRetry(), force=True)  # what the UI's Retry does
+            _wait_for(
+                lambda: (s := client.read_flow_run(run_id).state) and s.is_final() and s.is_completed() and s,
                 180,
                 "the retried run",
             )
+        done = mis.get(first["status_url"]).json()
+        assert done["status"] == "COMPLETED" and done["link"] == first["link"] and done["size_bytes"] > 0
+        again = mis.post("/publish", json=body)
+        assert again.status_code == 200 and again.json()["link"] == first["link"]
         with get_sessionmaker()() as session:
-            done = get_task(session, task.id)
-            assert done.status == "COMPLETED"
-            assert (done.link_key, done.object_key) == (task.link_key, task.object_key)
-            assert done.flow_run_id == str(run.id)
+            task = get_task(session, first["task_id"])
+            assert task.flow_run_id == str(run_id) and task.attempts == 2
         assert bucket_keys(s3_server, s3_bucket) == [f"published/{task.object_key}"]
     finally:
+        mis.close()
         worker.terminate()
         try:
             worker.wait(60)

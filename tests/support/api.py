@@ -80,9 +80,10 @@ class ApiServer:
 
 def make_api_key(name: str = "test-mis", clinic_code: str | None = None) -> str:
     from studypub.apikeys import create_key
-    from studypub.db import get_sessionmaker
+    from studypub.db import get_sessionmaker, migrate
     from studypub.settings import get_settings
 
+    migrate(get_settings())
     with get_sessionmaker(get_settings())() as session:
         return create_key(session, name, clinic_code=clinic_code, actor="test")[1]
 
