@@ -6,7 +6,9 @@ While Prefect is unreachable the requests wait, with the reason written on them,
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +34,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._deployment_id: UUID | None = None
         self._problem: str | None = None
+        self._client: Any = None  # one Prefect client for the thread's life (made again after a failure)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
@@ -42,6 +45,13 @@ class Dispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._drop_client()
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.__exit__(None, None, None)
 
     def wake(self) -> None:
         """A request was recorded: sweep now rather than at the next interval."""
@@ -74,6 +84,7 @@ class Dispatcher:
                 log.warning(reason, extra=details(waiting=len(waiting), error=type(exc).__name__))
             self._problem = reason
             self._deployment_id = None
+            self._drop_client()
             return False
         if self._problem is not None:
             log.info("Prefect reachable again; waiting publications started")
@@ -83,18 +94,20 @@ class Dispatcher:
     def _create_runs(self, waiting: list[tuple[str, int]]) -> None:
         from prefect.client.orchestration import get_client
 
-        with get_client(sync_client=True) as client:
-            if self._deployment_id is None:
-                self._deployment_id = client.read_deployment_by_name(DEPLOYMENT).id
-            for task_id, requeues in waiting:
-                run = client.create_flow_run_from_deployment(
-                    self._deployment_id,
-                    parameters={"task_id": task_id},
-                    idempotency_key=idempotency_key(task_id, requeues),
-                )
-                with self._sessions() as session:
-                    mark_dispatched(session, task_id, requeues, str(run.id))
-                log.info("Publication run created", extra=details(task_id=task_id, flow_run_id=str(run.id)))
+        if self._client is None:
+            self._client = get_client(sync_client=True).__enter__()
+        client = self._client
+        if self._deployment_id is None:
+            self._deployment_id = client.read_deployment_by_name(DEPLOYMENT).id
+        for task_id, requeues in waiting:
+            run = client.create_flow_run_from_deployment(
+                self._deployment_id,
+                parameters={"task_id": task_id},
+                idempotency_key=idempotency_key(task_id, requeues),
+            )
+            with self._sessions() as session:
+                mark_dispatched(session, task_id, requeues, str(run.id))
+            log.info("Publication run created", extra=details(task_id=task_id, flow_run_id=str(run.id)))
 
 
 def _problem_reason(exc: BaseException) -> str:

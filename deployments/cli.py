@@ -345,9 +345,15 @@ def cmd_revoke(args: argparse.Namespace, out: IO[str]) -> int:
 
 def cmd_retention(_args: argparse.Namespace, out: IO[str]) -> int:
     from flows.retention import retention
+    from studypub.retention import RetentionIncomplete
 
     _settings()
-    _emit(out, {"status": "ok", "report": retention()})
+    try:
+        report = retention()
+    except RetentionIncomplete as exc:
+        _emit(out, {"status": "FAILED", "reason": exc.reason, "report": exc.report})
+        return EXIT_FAILED
+    _emit(out, {"status": "ok", "report": report})
     return EXIT_OK
 
 

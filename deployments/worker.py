@@ -1,6 +1,8 @@
-"""``studypub worker``: the process that runs publications. It holds the Storage SCP (the C-MOVE
-destination) and serves the ``publish`` deployment to Prefect, so runs started through the deployment,
-and an operator's "Retry" in the Prefect UI, execute here. Stops cleanly on SIGINT/SIGTERM."""
+"""``studypub worker``: the process that runs publications and retention. It holds the Storage SCP (the
+C-MOVE destination) and serves, from one ``serve()`` call, the ``publish`` deployment (runs started through
+it, and an operator's "Retry" in the Prefect UI, execute here) and the ``retention`` deployment on its cron
+schedule (one run at a time; a run due while one is still going is cancelled). Stopping the worker pauses
+the schedule until it starts again. Stops cleanly on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,6 +15,30 @@ from studypub.settings import Settings
 log = get_logger("worker")
 
 DEPLOYMENT_NAME = "publish"
+RETENTION_DEPLOYMENT_NAME = "retention"
+
+
+def runner_deployments(settings: Settings) -> list[Any]:
+    """The deployments this worker serves (RunnerDeployments; prefect.yaml declares the same two)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.publish import publish_study
+    from flows.retention import retention
+
+    return [
+        publish_study.to_deployment(
+            name=DEPLOYMENT_NAME,
+            description="Publish one study. Its only parameter is the task id.",
+            tags=["studypub", "publish"],
+        ),
+        retention.to_deployment(
+            name=RETENTION_DEPLOYMENT_NAME,
+            description="Delete expired archives, clean work folders and Prefect results, erase old identifiers.",
+            tags=["studypub", "retention"],
+            cron=settings.retention.cron,
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        ),
+    ]
 
 
 def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
@@ -20,7 +46,7 @@ def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
     from prefect import serve
 
-    from flows.publish import ensure_prefect_objects, publish_study
+    from flows.publish import ensure_prefect_objects
     from studypub.db import migrate
     from studypub.dicom.receiver import port_is_free, start_receiver
 
@@ -33,11 +59,7 @@ def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
         receiver = start_receiver(settings)
     try:
         serve(
-            publish_study.to_deployment(  # type: ignore[arg-type]  # sync context: a RunnerDeployment
-                name=DEPLOYMENT_NAME,
-                description="Publish one study. Its only parameter is the task id.",
-                tags=["studypub", "publish"],
-            ),
+            *runner_deployments(settings),
             limit=limit,
             print_starting_message=False,
         )
@@ -47,4 +69,6 @@ def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
 
 
 def add_arguments(p: Any) -> None:
-    p.add_argument("--limit", type=int, default=None, help="at most this many publications at once")
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most this many flow runs at once (publications and retention)"
+    )

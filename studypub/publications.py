@@ -406,6 +406,42 @@ def extend(session: Session, settings: Settings, task_id: str, save_till: dateti
     return task
 
 
+ABANDONED_AFTER = timedelta(minutes=15)
+
+
+def fail_abandoned(session: Session, *, grace: timedelta = ABANDONED_AFTER) -> list[str]:
+    """RUNNING publications whose run stopped heartbeating long ago (its worker was killed: no hook ran)
+    become FAILED with a reason, so they show as failed, can be retried, and retention can reach them."""
+    cutoff = utcnow() - grace
+    rows = session.execute(
+        select(Task.id, Task.step).where(Task.status == TaskStatus.RUNNING, Task.lease_until < cutoff)
+    ).all()
+    failed = []
+    for task_id, step in rows:
+        now = utcnow()
+        result = session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == TaskStatus.RUNNING, Task.lease_until < cutoff)
+            .values(
+                status=TaskStatus.FAILED,
+                reason=f"{step or 'start'}: the run stopped without finishing (its worker was stopped or killed); "
+                "retry it in Prefect or send the request again",
+                error_code="abandoned",
+                lease_owner=None,
+                lease_until=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0):
+            task = session.get(Task, task_id)
+            audit(session, actor="system", action="publication.failed", task=task, details={"error_code": "abandoned"})
+            failed.append(task_id)
+    session.commit()
+    return failed
+
+
 def claim_for_deletion(session: Session, task_id: str, *, only_if_due: bool) -> bool:
     """Mark a publication EXPIRED (its archive is about to be deleted): no run, extension or new request
     touches it from here on. A running publication is never claimed. True when this call claimed it, or
