@@ -19,6 +19,7 @@ test-fast:      ## the suite without the slow end-to-end tests
 bench:          ## benchmarks (print numbers; not tests)
 	@deployments/setup.sh test
 	@$(PY) -m bench.publish
+	@$(PY) -m bench.api_latency
 
 lint:
 	@deployments/setup.sh test

@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(errors.BodySizeLimit, limit=settings.api.max_body_bytes)
+    app.add_middleware(links.LinkHygiene)
     app.include_router(publish.router)
     app.include_router(links.router)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -27,9 +27,15 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request. Async on purpose: its clean-up (returning the connection to the pool) then runs
+    on the event loop, not in a worker thread; a sync clean-up would wait for a free thread while holding a
+    connection that the busy threads are waiting for (a pool/thread deadlock under load)."""
+    session = request.app.state.sessions()
+    try:
         yield session
+    finally:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -37,6 +43,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def get_mis_client(session: SessionDep, key: Annotated[str | None, Security(_api_key_scheme)]) -> ApiKey:
     client = authenticate(session, key)
+    # FastAPI runs this dependency and the route in different worker threads: end the transaction here so no
+    # thread holds a pooled connection while it waits for another thread (a pool/thread deadlock under load).
+    session.commit()
     if client is None:
         raise Unauthorized("missing or invalid API key" if key else f"the {API_KEY_HEADER} header is missing")
     return client

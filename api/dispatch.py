@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from studypub.logs import details, get_logger
-from studypub.publications import mark_dispatched, note_dispatch_problem, pending_dispatch
+from studypub.publications import (
+    fail_unstarted,
+    mark_dispatched,
+    note_dispatch_problem,
+    pending_dispatch,
+    queued_runs,
+)
 
 log = get_logger("api.dispatch")
 
 DEPLOYMENT = "publish-study/publish"
+RECONCILE_SWEEPS = 6  # every this many sweep intervals, check that queued publications' runs can still start
 
 
 def idempotency_key(task_id: str, requeues: int) -> str:
@@ -58,11 +66,15 @@ class Dispatcher:
         self._wake.set()
 
     def _loop(self) -> None:
+        last_reconcile = 0.0
         while not self._stop.is_set():
             self._wake.clear()
             backlog = False
             try:
                 backlog = self.sweep()
+                if time.monotonic() - last_reconcile > RECONCILE_SWEEPS * self._interval:
+                    last_reconcile = time.monotonic()
+                    self.reconcile()
             except Exception as exc:  # the loop must survive anything; the reason is on the waiting requests
                 log.warning("Dispatch sweep failed", extra=details(error=type(exc).__name__))
             if not backlog:
@@ -90,6 +102,33 @@ class Dispatcher:
             log.info("Prefect reachable again; waiting publications started")
             self._problem = None
         return len(waiting) == limit
+
+    def reconcile(self) -> int:
+        """Queued publications whose run was cancelled, failed or deleted in Prefect before it started would
+        wait for ever: mark them FAILED with the reason (the same request, or a Retry in Prefect, runs them
+        again). Returns how many."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        with self._sessions() as session:
+            queued = queued_runs(session)
+        if not queued or self._client is None:
+            return 0
+        ids = [UUID(run_id) for _, run_id in queued]
+        runs = self._client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
+        states = {str(r.id): r.state for r in runs}
+        failed = 0
+        for task_id, run_id in queued:
+            if run_id not in states:
+                reason = "its Prefect run was deleted before it started"
+            elif (state := states[run_id]) is not None and state.is_final():
+                reason = f"its Prefect run ended ({state.name}) before it started"
+            else:
+                continue
+            with self._sessions() as session:
+                if fail_unstarted(session, task_id, run_id, reason):
+                    failed += 1
+                    log.warning("A queued publication's run will not start", extra=details(task_id=task_id))
+        return failed
 
     def _create_runs(self, waiting: list[tuple[str, int]]) -> None:
         from prefect.client.orchestration import get_client

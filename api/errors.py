@@ -3,12 +3,14 @@ reason; trouble with a dependency is a 503; nothing echoes the request's values 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,10 +38,16 @@ def error_body(code: str, detail: str, errors: list[dict[str, str]] | None = Non
     return body
 
 
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
+
+
 def _field(loc: tuple[Any, ...], kind: str | None = None) -> str:
     if kind == "json_invalid":  # its location is a character offset, not a field
         return "body"
-    parts = [str(p) for p in loc if p != "body"]
+    # Only name what looks like a field name: an unknown key may carry anything (even an identifier).
+    parts = [
+        str(p) if isinstance(p, int) or _FIELD_NAME.match(str(p)) else "(unknown field)" for p in loc if p != "body"
+    ]
     return ".".join(parts) or "body"
 
 
@@ -56,7 +64,9 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "timezone_aware":
         return "needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)"
     if kind == "string_pattern_mismatch":
-        return "contains characters a DICOM query cannot carry (\\ * ? or control characters)"
+        return "contains characters that are not allowed (control characters; in identifiers also \\ * ?)"
+    if kind == "uuid_parsing" or kind == "uuid_type":
+        return "is not a task id (a UUID)"
     return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
 
 
@@ -105,6 +115,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
     app.add_exception_handler(OperationalError, _database)
     app.add_exception_handler(DBAPIError, _database)
+    app.add_exception_handler(PoolTimeout, _database)
     app.add_exception_handler(Exception, _unexpected)
 
 

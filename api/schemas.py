@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 # PatientID is LO (64 chars) and AccessionNumber SH (16 chars) in DICOM; some PACSes are lax about the
 # latter, so both take up to 64. DICOM query wildcards and the value separator are refused.
 Identifier = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\\*?\x00-\x1f]+$")
 ]
-Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=512)]
+Code = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
-# ISO 8601 text with a UTC offset; numbers (Unix times) are refused rather than guessed at.
+# ISO 8601 text with a UTC offset; numbers and numeric strings (Unix times) are refused, not guessed at.
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_NOT_ISO = "must be an ISO 8601 date-time string with a UTC offset, e.g. 2025-03-01T00:00:00+03:00"
+
+
 def _iso_text(value: Any) -> Any:
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an ISO 8601 date-time string with a UTC offset, e.g. 2025-03-01T00:00:00+03:00")
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_TIME.match(value.strip()):
+        raise ValueError(_NOT_ISO)
     return value
 
 
-DateTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+def _sane_year(value: datetime) -> datetime:
+    if not 1900 <= value.year <= 2200:
+        raise ValueError("is out of range (years 1900 to 2200)")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_sane_year)]
 
 SPEC_EXAMPLE: dict[str, Any] = {
     "patient_id": "1000001158664",

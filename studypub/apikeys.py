@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -16,6 +18,8 @@ from studypub.models import ApiKey, AuditEvent, utcnow
 
 KEY_PREFIX = "sp_"
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is updated at most this often (no write per request)
+_touched: dict[int, float] = {}  # key id -> when this process last updated last_used_at (monotonic)
+_touch_lock = threading.Lock()
 
 
 def _hash(key: str) -> str:
@@ -66,6 +70,13 @@ def authenticate(session: Session, key: str | None) -> ApiKey | None:
         return None
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY:
-        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        session.commit()
+        # One request per process and minute writes it: a burst of requests with a new key must not queue
+        # up 100 writers on one row (SQLite serialises writers; PostgreSQL would lock the row for each).
+        with _touch_lock:
+            mine = time.monotonic() - _touched.get(row.id, -1e9) > _TOUCH_EVERY.total_seconds()
+            if mine:
+                _touched[row.id] = time.monotonic()
+        if mine:
+            session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+            session.commit()
     return row

@@ -210,6 +210,39 @@ def mark_dispatched(session: Session, task_id: str, requeues: int, flow_run_id: 
     session.commit()
 
 
+def queued_runs(session: Session, limit: int = 200) -> list[tuple[str, str]]:
+    """Publications handed to Prefect whose run has not claimed them yet: (task id, flow run id)."""
+    rows = session.execute(
+        select(Task.id, Task.flow_run_id)
+        .where(Task.status == TaskStatus.QUEUED, Task.dispatch_pending.is_(False), Task.flow_run_id.is_not(None))
+        .order_by(Task.created_at)
+        .limit(limit)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def fail_unstarted(session: Session, task_id: str, flow_run_id: str, reason: str) -> bool:
+    """A queued publication whose Prefect run ended (or vanished) before it started becomes FAILED with the
+    reason, so it is visible and the same request (or a Retry in Prefect) runs it again."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.QUEUED, Task.flow_run_id == flow_run_id)
+        .values(status=TaskStatus.FAILED, reason=f"start: {reason}", error_code="run_not_started", updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    done = bool(getattr(result, "rowcount", 0))
+    if done:
+        audit(
+            session,
+            actor="system",
+            action="publication.failed",
+            task=session.get(Task, task_id),
+            details={"error_code": "run_not_started"},
+        )
+    session.commit()
+    return done
+
+
 def note_dispatch_problem(session: Session, task_ids: list[str], reason: str) -> None:
     """Say on the waiting requests why their run has not started (Prefect unreachable...)."""
     session.execute(
@@ -379,8 +412,10 @@ def extend(session: Session, settings: Settings, task_id: str, save_till: dateti
     """Move the storage period forward (up to the maximum retention). A publication past its date that the
     retention flow has not claimed yet can still be extended; an expired (being deleted) or deleted one cannot."""
     task = get_task(session, task_id)
-    if task.status in (TaskStatus.EXPIRED, TaskStatus.DELETED):
-        raise Gone("the publication has expired and its archive was deleted; publish the study again")
+    if task.status == TaskStatus.DELETED:
+        raise Gone("the publication was deleted; publish the study again")
+    if task.status == TaskStatus.EXPIRED:
+        raise Gone("the publication has expired and its archive is being deleted; publish the study again")
     new = resolve_save_till(settings, save_till)
     old = task.save_till
     if new <= old:

@@ -146,12 +146,22 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="Port of the API/dashboard.")
     trusted_proxies: str = Field(
         "127.0.0.1",
-        description="Addresses of reverse proxies whose X-Forwarded-For/-Proto are trusted (comma-separated, or *).",
+        description=(
+            "Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For/-Proto are trusted, "
+            "comma-separated. Not '*': any client could then choose its own address."
+        ),
     )
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted (bytes); larger: 413.")
     dispatch_interval: float = Field(
         5, gt=0, le=300, description="Seconds between sweeps that start the runs of recorded requests."
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _no_wildcard(cls, value: str) -> str:
+        if "*" in value:
+            raise ValueError("'*' would let any client set its own address; list the proxies (CIDR allowed)")
+        return value
 
 
 class RetentionSettings(BaseModel):

@@ -86,6 +86,29 @@ def _apply_hygiene(headers: MutableHeaders) -> None:
         headers[name] = value
 
 
+class LinkHygiene:
+    """ASGI middleware: answers under ``/s/`` that no link route produced (405 for another method, say) get
+    the hygiene headers too."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/s/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in HYGIENE_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 # Rate limiting -----------------------------------------------------------------------------------------------
 
 
@@ -313,7 +336,10 @@ def _show(request: Request, session: Session, settings: Settings, key: str) -> R
 @router.api_route("/s/{key}", methods=["GET", "HEAD"], name="link_page", include_in_schema=False)
 def link_page(key: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """The link's page: ready (facts, download button, help), being prepared (refreshes), failed, 404, 410."""
-    return _show(request, session, settings, key)
+    try:
+        return _show(request, session, settings, key)
+    finally:
+        session.close()  # no connection held while the answer is sent
 
 
 _RANGE_FROM_START = re.compile(r"^\s*bytes\s*=\s*0*0\s*-", re.IGNORECASE)
@@ -338,6 +364,13 @@ def _deleted_meanwhile(session: Session, link: Link, client: Client, via: str) -
 def link_download(key: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """The archive: 302 to a presigned URL (S3) or the file (local storage, with Range). Not ready: 303 to
     the page; unknown: 404; expired or deleted: 410."""
+    try:
+        return _download(key, request, session, settings)
+    finally:
+        session.close()  # a download may stream for minutes: it must not hold a database connection
+
+
+def _download(key: str, request: Request, session: Session, settings: Settings) -> Response:
     if (limited := _too_many(request)) is not None:
         return limited
     link = find_link(session, key)
@@ -374,4 +407,7 @@ def link_download(key: str, request: Request, session: SessionDep, settings: Set
 def link_other(request: Request, session: SessionDep, settings: SettingsDep, rest: str = "") -> Response:
     """Anything else under /s/ (an empty key, a key with slashes, a trailing slash): looked up like a key, so
     it has the same look and cost as any other miss."""
-    return _show(request, session, settings, rest.strip("/"))
+    try:
+        return _show(request, session, settings, rest.strip("/"))
+    finally:
+        session.close()

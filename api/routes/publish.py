@@ -6,6 +6,7 @@ The endpoint only records the request (idempotently) and answers; the dispatcher
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from fastapi import APIRouter, Request, Response, status
 
@@ -39,6 +40,9 @@ def _view(request: Request, session: Any, settings: Settings, task: Task) -> Pub
     view = result_view(session, settings, task)
     view.pop("object_key", None)
     view["status_url"] = str(request.url_for("get_publication", task_id=task.id))
+    # End the transaction before FastAPI validates the answer in another worker thread: a connection held
+    # across that hop deadlocks the pool under load (threads wait for connections held by waiting requests).
+    session.commit()
     return Publication.model_validate(view)
 
 
@@ -108,10 +112,10 @@ def publish(
     responses={404: {"model": Error, "description": "No such task."}, **_ERRORS},
 )
 def get_publication(
-    task_id: str, request: Request, client: MisClient, session: SessionDep, settings: SettingsDep
+    task_id: UUID, request: Request, client: MisClient, session: SessionDep, settings: SettingsDep
 ) -> Publication:
     """Status, current step, progress (instances received / expected), the error reason, link, size, save_till."""
-    task = _own(client, get_task(session, task_id))
+    task = _own(client, get_task(session, str(task_id)))
     return _view(request, session, settings, task)
 
 
@@ -127,10 +131,10 @@ def get_publication(
     },
 )
 def extend_publication(
-    task_id: str, body: ExtendRequest, request: Request, client: MisClient, session: SessionDep, settings: SettingsDep
+    task_id: UUID, body: ExtendRequest, request: Request, client: MisClient, session: SessionDep, settings: SettingsDep
 ) -> Publication:
     """Move `save_till` forward, up to the maximum retention. A study past its date but not yet deleted can
     be extended; a deleted one cannot."""
-    task = _own(client, get_task(session, task_id))
+    task = _own(client, get_task(session, str(task_id)))
     task = extend(session, settings, task.id, body.save_till_date, actor=f"mis:{client.name}")
     return _view(request, session, settings, task)

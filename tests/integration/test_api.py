@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -89,6 +90,9 @@ def test_keys_are_required_and_checked(db_url: str, api_server: Any) -> None:
         r = c.post("/publish", json=dict(BODY, clinic_code="f_Other"), headers={"X-API-Key": khimki})
         assert r.status_code == 403 and "clinic" in r.json()["detail"]
         assert c.get(f"/publish/{other.task_id}", headers={"X-API-Key": khimki}).status_code == 404
+        extend = {"save_till_date": iso(20)}
+        r = c.post(f"/publish/{other.task_id}/extend", json=extend, headers={"X-API-Key": khimki})
+        assert r.status_code == 404
         assert c.get(f"/publish/{other.task_id}", headers={"X-API-Key": good}).status_code == 200
 
         # Revoked through the administrator's command: refused from then on.
@@ -134,6 +138,13 @@ BAD_PAYLOADS: list[tuple[str, Any, str]] = [
     ("huge title", dict(BODY, service_title="М" * 513), "service_title"),
     ("list as title", dict(BODY, service_title=["МРТ"]), "service_title"),
     ("unknown field", dict(BODY, patient_name="Ivanov^Ivan"), "patient_name"),
+    ("NUL in title", dict(BODY, service_title="МРТ\x00суставов"), "service_title"),
+    ("control character in clinic", dict(BODY, clinic_code="f_\x01Khimki"), "clinic_code"),
+    ("NUL in EMK id", dict(BODY, emk_record_id="12\x0034"), "emk_record_id"),
+    ("year 9999", dict(BODY, study_date="9999-12-31T23:00:00-05:00"), "study_date"),
+    ("year 1", dict(BODY, study_date="0001-01-01T00:30:00+05:00"), "study_date"),
+    ("numeric string date", dict(BODY, save_till_date="1800000000"), "save_till_date"),
+    ("number too big", dict(BODY, study_date=10**40), "study_date"),
     ("date without offset", dict(BODY, study_date="2025-02-01T16:18:02"), "study_date"),
     ("date only", dict(BODY, save_till_date="2025-03-01"), "save_till_date"),
     ("not a date", dict(BODY, study_date="yesterday"), "study_date"),
@@ -162,9 +173,16 @@ def test_bad_payloads_get_422_with_a_reason(mis: httpx.Client) -> None:
     assert r.status_code == 422 and r.json()["detail"]
     r = mis.post("/publish", json=dict(BODY, service_title="x" * 200_000))
     assert r.status_code == 413 and r.json()["code"] == "request_too_large"
-    r = mis.get("/publish/../../etc/passwd")
-    assert r.status_code == 404
-    assert mis.get("/publish/" + "x" * 5000).status_code == 404
+    # A key that is not a field name is not echoed back either (it may carry anything).
+    r = mis.post("/publish", json=dict(BODY, **{"PATIENT 1000001158664 Ivanov": 1}))
+    assert r.status_code == 422 and "Ivanov" not in r.text and "(unknown field)" in r.text
+    r = mis.post("/publish", content=b'{"patient_id": NaN}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    assert mis.get("/publish/../../etc/passwd").status_code == 404
+    for bad_id in ("x" * 5000, "a%00b", "not-a-task"):
+        r = mis.get(f"/publish/{bad_id}")
+        assert r.status_code == 422 and "task id" in r.json()["detail"], (bad_id, r.text)
+        assert mis.post(f"/publish/{bad_id}/extend", json={"save_till_date": iso(5)}).status_code == 422
     # Nothing was recorded by any of them.
     from sqlalchemy import func, select
 
@@ -225,7 +243,7 @@ def test_answers_follow_the_publication_state(mis: httpx.Client) -> None:
     assert r.status_code == 202 and r.json()["task_id"] != old.task_id
     assert db_task(old.task_id).status == "EXPIRED"
 
-    assert mis.get("/publish/no-such-task").status_code == 404
+    assert mis.get(f"/publish/{uuid.uuid4()}").status_code == 404
 
 
 def test_extension_and_revocation(mis: httpx.Client) -> None:
@@ -259,7 +277,7 @@ def test_extension_and_revocation(mis: httpx.Client) -> None:
     assert mis.get(f"/publish/{pub.task_id}").json()["status"] == "DELETED"
     assert cli("revoke", pub.task_id)["status"] == "DELETED"  # idempotent
     assert cli("revoke", "no-such-task")["exit_code"] == 1
-    assert mis.post("/publish/no-such-task/extend", json={"save_till_date": iso(9)}).status_code == 404
+    assert mis.post(f"/publish/{uuid.uuid4()}/extend", json={"save_till_date": iso(9)}).status_code == 404
 
 
 # --- idempotency under a race, and Prefect ------------------------------------------------------------------
@@ -294,15 +312,21 @@ def test_a_hundred_identical_requests_make_one_task_and_one_run(
     db_url: str, api_server: Any, prefect_api_url: str, publish_deployment: str
 ) -> None:
     key = make_api_key()
-    api = api_server(PREFECT_API_URL=prefect_api_url, STUDYPUB_API__DISPATCH_INTERVAL="0.5")
+    # A small connection pool against FastAPI's 40 worker threads: requests must queue for connections, never
+    # deadlock (a dependency holding a connection while its route waits for a thread) or answer 500.
+    api = api_server(
+        PREFECT_API_URL=prefect_api_url, STUDYPUB_API__DISPATCH_INTERVAL="0.5", STUDYPUB_DATABASE__POOL_SIZE="2"
+    )
     body = dict(BODY, accession_number=f"RACE{int(time.time() * 1000) % 10**8}")
 
     def post(_: int) -> httpx.Response:
         with httpx.Client(base_url=api.base_url, timeout=60, headers={"X-API-Key": key}) as c:
             return c.post("/publish", json=body)
 
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=100) as pool:
         responses = list(pool.map(post, range(100)))
+    assert time.monotonic() - started < 20  # a pool/thread deadlock stalls for the pool's 30 s timeout
     assert all(r.status_code in (200, 202) for r in responses), {r.status_code for r in responses}
     answers = {(r.json()["task_id"], r.json()["link"]) for r in responses}
     assert len(answers) == 1
@@ -366,3 +390,58 @@ def test_openapi_documents_the_spec_example_and_every_answer(mis: httpx.Client) 
     assert "/publish/{task_id}" in schema["paths"] and "/publish/{task_id}/extend" in schema["paths"]
     assert not any(p.startswith("/s/") for p in schema["paths"])  # the patient's pages are not API
     assert mis.get("/docs").status_code == 200
+
+
+def test_a_run_cancelled_before_it_started_fails_the_publication_visibly(
+    db_url: str, api_server: Any, prefect_api_url: str, publish_deployment: str
+) -> None:
+    """An operator cancels (or deletes) a run that nobody has started yet: the publication does not wait for
+    ever; it shows FAILED with the reason, and the MIS's next request starts a new run (same task and link)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    key = make_api_key()
+    api = api_server(PREFECT_API_URL=prefect_api_url, STUDYPUB_API__DISPATCH_INTERVAL="0.5")
+    body = dict(BODY, accession_number="CANCEL1")
+    with api.client(headers={"X-API-Key": key}) as c, get_client(sync_client=True) as prefect:
+        first = c.post("/publish", json=body).json()
+        run_id = wait_for(lambda: db_task(first["task_id"]).flow_run_id, 60, "the run")
+        prefect.set_flow_run_state(run_id, Cancelled(), force=True)
+        failed = wait_for(lambda: (s := c.get(first["status_url"]).json())["status"] == "FAILED" and s, 60, "FAILED")
+        assert "ended (Cancelled) before it started" in failed["reason"]
+
+        again = c.post("/publish", json=body)
+        assert again.status_code == 202 and again.json()["task_id"] == first["task_id"]
+        assert again.json()["link"] == first["link"]
+        second = wait_for(lambda: (r := db_task(first["task_id"]).flow_run_id) != run_id and r, 60, "a new run")
+        prefect.delete_flow_run(second)
+        gone = wait_for(lambda: (s := c.get(first["status_url"]).json())["status"] == "FAILED" and s, 60, "FAILED")
+        assert "deleted before it started" in gone["reason"]
+    delete_runs(flow_runs_of(first["task_id"]))
+
+
+def test_answers_under_the_link_path_carry_the_link_headers(mis: httpx.Client) -> None:
+    for method in ("PUT", "POST", "DELETE", "OPTIONS"):
+        r = mis.request(method, "/s/somekey")
+        assert r.status_code == 405
+        assert r.headers["Referrer-Policy"] == "no-referrer" and r.headers["Cache-Control"] == "no-store"
+        assert "noindex" in r.headers["X-Robots-Tag"]
+
+
+def test_a_burst_of_different_studies_is_answered_without_errors(db_url: str, api_server: Any) -> None:
+    """200 MIS requests (100 at a time) for different studies, against a small connection pool: every one recorded
+    and answered 202 within seconds (no request may hold a connection while it waits for a worker thread)."""
+    key = make_api_key()
+    api = api_server(PREFECT_API_URL=UNREACHABLE_PREFECT, STUDYPUB_DATABASE__POOL_SIZE="2")
+
+    def post(i: int) -> httpx.Response:
+        with httpx.Client(base_url=api.base_url, timeout=60, headers={"X-API-Key": key}) as c:
+            return c.post("/publish", json=dict(BODY, patient_id=f"P{i}", accession_number=f"BURST{i}"))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        responses = list(pool.map(post, range(200)))
+    elapsed = time.monotonic() - started
+    assert [r.status_code for r in responses] == [202] * 200
+    assert elapsed < 25, f"{elapsed:.1f} s: requests waited for the pool's timeout"
+    assert len({r.json()["link"] for r in responses}) == 200

@@ -333,10 +333,17 @@ def test_worker_serves_retention_on_its_schedule_next_to_publish(
                 except Exception:
                     return None
 
-            retention = _wait_for(lambda: deployment("retention/retention"), 90, "the retention deployment")
+            def registered_by_this_worker() -> Any:
+                # The session's Prefect server may hold the deployment from an earlier worker (default cron):
+                # wait for this worker's registration, which replaces the schedule.
+                found = deployment("retention/retention")
+                crons = [s.schedule.cron for s in found.schedules] if found else []
+                return found if crons == ["17 3 * * *"] else None
+
+            retention = _wait_for(registered_by_this_worker, 90, "the retention deployment with the cron setting")
             assert _wait_for(lambda: deployment("publish-study/publish"), 30, "the publish deployment")
             [schedule] = retention.schedules
-            assert schedule.schedule.cron == "17 3 * * *" and schedule.active
+            assert schedule.active
             assert retention.global_concurrency_limit is not None and retention.global_concurrency_limit.limit == 1
             assert retention.concurrency_options.collision_strategy == "CANCEL_NEW"
 
