@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from studypub.db import get_sessionmaker, migrate
 
-        migrate(settings)
+        migrate(settings)  # quick when `studypub api` has done it already
         app.state.sessions = get_sessionmaker(settings)
         app.state.dispatcher = Dispatcher(app.state.sessions, interval=settings.api.dispatch_interval)
         app.state.dispatcher.start()

@@ -9,9 +9,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
-from studypub.apikeys import authenticate
+from studypub.apikeys import Caller, authenticate
 from studypub.errors import Unauthorized
-from studypub.models import ApiKey
 from studypub.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
@@ -41,7 +40,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_mis_client(session: SessionDep, key: Annotated[str | None, Security(_api_key_scheme)]) -> ApiKey:
+def get_mis_client(session: SessionDep, key: Annotated[str | None, Security(_api_key_scheme)]) -> Caller:
     client = authenticate(session, key)
     # FastAPI runs this dependency and the route in different worker threads: end the transaction here so no
     # thread holds a pooled connection while it waits for another thread (a pool/thread deadlock under load).
@@ -51,4 +50,4 @@ def get_mis_client(session: SessionDep, key: Annotated[str | None, Security(_api
     return client
 
 
-MisClient = Annotated[ApiKey, Depends(get_mis_client)]
+MisClient = Annotated[Caller, Depends(get_mis_client)]

@@ -118,11 +118,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20, help="requests per client per scenario")
     parser.add_argument("--sqlite", action="store_true", help="the embedded SQLite instead of PostgreSQL")
+    parser.add_argument(
+        "--without-prefect",
+        action="store_true",
+        help="no Prefect server (runs are not created; shows what creating them costs on this machine)",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="studypub-bench-api-"))
-    print("Starting a Prefect server...", file=sys.stderr)
-    prefect_proc, prefect_api = start_prefect(tmp / "prefect")
+    prefect_proc = None
+    if args.without_prefect:
+        prefect_api = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    else:
+        print("Starting a Prefect server...", file=sys.stderr)
+        prefect_proc, prefect_api = start_prefect(tmp / "prefect")
     os.environ["PREFECT_API_URL"] = prefect_api  # before Prefect is imported below
     db_url = f"sqlite:///{tmp / 'app.db'}" if args.sqlite else pg_database()
     env = dict(
@@ -139,7 +148,8 @@ def main() -> None:
         from studypub.db import get_sessionmaker, migrate
         from studypub.settings import get_settings
 
-        publish_study.to_deployment(name="publish").apply()  # type: ignore[union-attr]
+        if prefect_proc is not None:
+            publish_study.to_deployment(name="publish").apply()  # type: ignore[union-attr]
         settings = get_settings()
         migrate(settings)
         with get_sessionmaker(settings)() as session:
@@ -195,11 +205,12 @@ def main() -> None:
         if api_proc is not None:
             api_proc.terminate()
             api_proc.wait(15)
-        prefect_proc.terminate()
-        try:
-            prefect_proc.wait(20)
-        except subprocess.TimeoutExpired:
-            prefect_proc.kill()
+        if prefect_proc is not None:
+            prefect_proc.terminate()
+            try:
+                prefect_proc.wait(20)
+            except subprocess.TimeoutExpired:
+                prefect_proc.kill()
         if not args.sqlite:
             from studypub.db import _engine_for
 

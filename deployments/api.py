@@ -30,11 +30,16 @@ LOG_CONFIG: dict[str, Any] = {
 def serve_api(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
+    from studypub.db import migrate
+
+    migrate(settings)  # once, before the workers start (each worker's start-up then finds it done)
+
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=host or settings.api.host,
         port=port or settings.api.port,
+        workers=settings.api.workers,
         proxy_headers=True,
         forwarded_allow_ips=settings.api.trusted_proxies,
         log_config=LOG_CONFIG,

@@ -1,5 +1,6 @@
 """API keys of MIS clients. A key is 256 random bits shown once; only its SHA-256 is stored, so a stolen
-database does not give working keys. Lookup is by hash (an index), so checking a key costs one query."""
+database does not give working keys. Lookup is by hash (an index); answers are kept a few seconds per process
+(``CACHE_SECONDS``), so a busy MIS costs no query per request and a revocation takes effect within that time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -18,8 +20,20 @@ from studypub.models import ApiKey, AuditEvent, utcnow
 
 KEY_PREFIX = "sp_"
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is updated at most this often (no write per request)
+CACHE_SECONDS = 5.0
+_CACHE_MAX = 1024  # entries; a flood of wrong keys empties it rather than growing it
+_cache: dict[str, tuple[Caller | None, float]] = {}
 _touched: dict[int, float] = {}  # key id -> when this process last updated last_used_at (monotonic)
 _touch_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a live key's id, name and clinic restriction (None: any clinic)."""
+
+    id: int
+    name: str
+    clinic_code: str | None
 
 
 def _hash(key: str) -> str:
@@ -48,6 +62,8 @@ def revoke_key(session: Session, name: str, *, actor: str) -> ApiKey:
     row = session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
     if row is None:
         raise NotFound(f"no API key named {name!r}")
+    with _touch_lock:
+        _cache.clear()  # this process forgets at once; others within CACHE_SECONDS
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.add(
@@ -61,12 +77,22 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.name)))
 
 
-def authenticate(session: Session, key: str | None) -> ApiKey | None:
-    """The live key matching ``key``, or None."""
+def authenticate(session: Session, key: str | None) -> Caller | None:
+    """The caller owning the live key ``key``, or None."""
     if not key or not key.startswith(KEY_PREFIX) or len(key) > 128:
         return None
-    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == _hash(key))).first()
-    if row is None or row.revoked_at is not None:
+    digest = _hash(key)
+    now_mono = time.monotonic()
+    cached = _cache.get(digest)
+    if cached is not None and cached[1] > now_mono:
+        return cached[0]
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    caller = None if row is None or row.revoked_at is not None else Caller(row.id, row.name, row.clinic_code)
+    with _touch_lock:
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[digest] = (caller, now_mono + CACHE_SECONDS)
+    if row is None or caller is None:
         return None
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY:
@@ -79,4 +105,4 @@ def authenticate(session: Session, key: str | None) -> ApiKey | None:
         if mine:
             session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
             session.commit()
-    return row
+    return caller

@@ -151,6 +151,9 @@ class ApiSettings(BaseModel):
             "comma-separated. Not '*': any client could then choose its own address."
         ),
     )
+    workers: int = Field(
+        2, ge=1, le=32, description="API processes (uvicorn workers); link rate limits are counted per process."
+    )
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted (bytes); larger: 413.")
     dispatch_interval: float = Field(
         5, gt=0, le=300, description="Seconds between sweeps that start the runs of recorded requests."

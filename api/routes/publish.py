@@ -12,8 +12,9 @@ from fastapi import APIRouter, Request, Response, status
 
 from api.deps import MisClient, SessionDep, SettingsDep
 from api.schemas import SPEC_EXAMPLE, Error, ExtendRequest, Publication, PublishRequest
+from studypub.apikeys import Caller
 from studypub.errors import Forbidden, NotFound
-from studypub.models import ApiKey, Task, TaskStatus
+from studypub.models import Task, TaskStatus
 from studypub.publications import (
     PublicationRequest,
     extend,
@@ -46,7 +47,7 @@ def _view(request: Request, session: Any, settings: Settings, task: Task) -> Pub
     return Publication.model_validate(view)
 
 
-def _own(client: ApiKey, task: Task) -> Task:
+def _own(client: Caller, task: Task) -> Task:
     if client.clinic_code is not None and task.clinic_code != client.clinic_code:
         raise NotFound("no such task")  # a key of one clinic does not learn about another's tasks
     return task

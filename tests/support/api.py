@@ -33,7 +33,8 @@ class ApiServer:
         self.port = port or free_port()
         self.base_url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = log_path
-        self.env = dict(os.environ, **(env or {}))
+        # One process unless the test asks for more: per-process state (link rate limits) stays predictable.
+        self.env = dict(os.environ, **{"STUDYPUB_API__WORKERS": "1", **(env or {})})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> ApiServer:
