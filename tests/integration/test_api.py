@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +21,7 @@ import pytest
 
 from studypub.models import utcnow
 from tests.support.api import make_api_key, past, seed_publication
+from tests.support.net import wait_for
 from tests.support.proxy import TcpProxy
 
 STUDYPUB = Path(sys.executable).with_name("studypub")
@@ -52,15 +53,6 @@ def db_task(task_id: str) -> Any:
 
     with get_sessionmaker()() as session:
         return get_task(session, task_id)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pydicom.fileset import FileSet
 
 from studypub.demo.orthanc import OrthancServer
 from studypub.demo.studies import GeneratedStudy, SeriesSpec
-from tests.support.net import LOOPBACK, free_port
+from tests.support.net import LOOPBACK, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -403,16 +403,6 @@ def test_prefect_unreachable_is_a_visible_failure(
     assert "PREFECT_API_URL" in result["reason"] and "ConnectError" in result["reason"]
 
 
-def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
     orthanc_env: dict[str, str],
     orthanc: OrthancServer,
@@ -457,7 +447,7 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
                 except Exception:
                     return None
 
-            _wait_for(deployment, 90, "the worker to serve the deployment")
+            wait_for(deployment, 90, "the worker to serve the deployment")
             s3_server.stop()
             body = {
                 "patient_id": study.patient_id,
@@ -468,7 +458,7 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
             answer = mis.post("/publish", json=body)
             assert answer.status_code == 202
             first = answer.json()
-            failed = _wait_for(
+            failed = wait_for(
                 lambda: (s := mis.get(first["status_url"]).json())["status"] == "FAILED" and s, 180, "the failure"
             )
             assert failed["step"] == "upload" and "storage" in failed["reason"].lower()
@@ -476,12 +466,12 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
                 task = get_task(session, first["task_id"])
             run_id = task.flow_run_id
             assert run_id
-            state = _wait_for(lambda: (s := client.read_flow_run(run_id).state) and s.is_final() and s, 60, "run end")
+            state = wait_for(lambda: (s := client.read_flow_run(run_id).state) and s.is_final() and s, 60, "run end")
             assert state.is_failed()
 
             s3_server.start()
             client.set_flow_run_state(run_id, AwaitingRetry(), force=True)  # what the UI's Retry does
-            _wait_for(
+            wait_for(
                 lambda: (s := client.read_flow_run(run_id).state) and s.is_final() and s.is_completed() and s,
                 180,
                 "the retried run",

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from studypub.publications import claim_for_deletion, extend, get_task
 from studypub.settings import get_settings
 from studypub.storage import open_storage
 from tests.support.api import Seeded, past, seed_publication
-from tests.support.net import LOOPBACK, free_port
+from tests.support.net import LOOPBACK, free_port, wait_for
 
 STUDYPUB = Path(sys.executable).with_name("studypub")
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
@@ -292,16 +292,6 @@ def test_work_folders_results_and_identifiers_through_the_flow(
 # --- served by `studypub worker` ----------------------------------------------------------------------------
 
 
-def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_worker_serves_retention_on_its_schedule_next_to_publish(
     db_url: str, prefect_api_url: str, tmp_path: Path
@@ -340,8 +330,8 @@ def test_worker_serves_retention_on_its_schedule_next_to_publish(
                 crons = [s.schedule.cron for s in found.schedules] if found else []
                 return found if crons == ["17 3 * * *"] else None
 
-            retention = _wait_for(registered_by_this_worker, 90, "the retention deployment with the cron setting")
-            assert _wait_for(lambda: deployment("publish-study/publish"), 30, "the publish deployment")
+            retention = wait_for(registered_by_this_worker, 90, "the retention deployment with the cron setting")
+            assert wait_for(lambda: deployment("publish-study/publish"), 30, "the publish deployment")
             [schedule] = retention.schedules
             assert schedule.active
             assert retention.global_concurrency_limit is not None and retention.global_concurrency_limit.limit == 1
@@ -354,7 +344,7 @@ def test_worker_serves_retention_on_its_schedule_next_to_publish(
                 states = [client.read_flow_run(run.id).state for run in runs]
                 return [s for s in states if s and s.is_final()] if all(s and s.is_final() for s in states) else None
 
-            states = _wait_for(final_states, 120, "the runs")
+            states = wait_for(final_states, 120, "the runs")
             assert sorted(s.type.value for s in states) == ["CANCELLED", "COMPLETED"], states
         assert deleted_properly(seeded)
     finally:
