@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -130,6 +131,8 @@ def request_publication(
         attempts=0,
         dispatch_pending=req.dispatch,
         requeues=0,
+        steps=[],  # known empty: reading them (the answer's view) costs no query
+        publication=None,
     )
     session.add(task)
     try:
@@ -567,7 +570,10 @@ def audit(
 def result_view(session: Session, settings: Settings, task: Task) -> dict[str, Any]:
     """What a caller is told about a publication (CLI JSON, API): ids, state, link, sizes. No PHI beyond the
     request's own identifiers, which the caller sent."""
-    pub = session.scalars(select(PublishedStudy).where(PublishedStudy.task_id == task.id)).first()
+    if "publication" in sa_inspect(task).unloaded:
+        pub = session.scalars(select(PublishedStudy).where(PublishedStudy.task_id == task.id)).first()
+    else:  # a task recorded in this session: known to have none yet (no query)
+        pub = task.publication
     checkpoints = task.checkpoints or {}
     anon = checkpoints.get(Step.ANONYMISE.value, {})
     view: dict[str, Any] = {
