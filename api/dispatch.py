@@ -55,6 +55,14 @@ class Dispatcher:
             self._thread.join(timeout=10)
         self._drop_client()
 
+    def _prefect(self) -> Any:
+        """The thread's Prefect client, made on first use (and again after a failure dropped it)."""
+        if self._client is None:
+            from prefect.client.orchestration import get_client
+
+            self._client = get_client(sync_client=True).__enter__()
+        return self._client
+
     def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -77,6 +85,7 @@ class Dispatcher:
                     self.reconcile()
             except Exception as exc:  # the loop must survive anything; the reason is on the waiting requests
                 log.warning("Dispatch sweep failed", extra=details(error=type(exc).__name__))
+                self._drop_client()
             if not backlog:
                 self._wake.wait(self._interval)
 
@@ -111,10 +120,12 @@ class Dispatcher:
 
         with self._sessions() as session:
             queued = queued_runs(session)
-        if not queued or self._client is None:
+        if not queued:
             return 0
         ids = [UUID(run_id) for _, run_id in queued]
-        runs = self._client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
+        runs = self._prefect().read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+        )
         states = {str(r.id): r.state for r in runs}
         failed = 0
         for task_id, run_id in queued:
@@ -131,11 +142,7 @@ class Dispatcher:
         return failed
 
     def _create_runs(self, waiting: list[tuple[str, int]]) -> None:
-        from prefect.client.orchestration import get_client
-
-        if self._client is None:
-            self._client = get_client(sync_client=True).__enter__()
-        client = self._client
+        client = self._prefect()
         if self._deployment_id is None:
             self._deployment_id = client.read_deployment_by_name(DEPLOYMENT).id
         for task_id, requeues in waiting:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,8 +21,7 @@ from studypub.models import utcnow
 from tests.support.api import make_api_key, past, seed_publication
 from tests.support.net import wait_for
 from tests.support.proxy import TcpProxy
-
-STUDYPUB = Path(sys.executable).with_name("studypub")
+from tests.support.worker import STUDYPUB
 
 BODY: dict[str, Any] = {
     "patient_id": "1000001158664",

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -23,11 +22,9 @@ from pydicom.fileset import FileSet
 from studypub.demo.orthanc import OrthancServer
 from studypub.demo.studies import GeneratedStudy, SeriesSpec
 from tests.support.net import LOOPBACK, free_port, wait_for
+from tests.support.worker import ARTIFACTS, STUDYPUB, find_deployment, running_worker
 
 pytestmark = pytest.mark.slow
-
-STUDYPUB = Path(sys.executable).with_name("studypub")
-ARTIFACTS = Path(__file__).parents[1] / "artifacts"  # CLI output of every run, for diagnosis (git-ignored)
 
 
 def start_publish(env: dict[str, str], study: GeneratedStudy, *extra: str) -> subprocess.Popen[str]:
@@ -436,18 +433,9 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
     key = make_api_key()
     api = api_server(STUDYPUB_API__DISPATCH_INTERVAL="1")
     mis = httpx.Client(base_url=api.base_url, headers={"X-API-Key": key}, timeout=30)
-    log_file = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([str(STUDYPUB), "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
+    with mis, running_worker(env, tmp_path / "worker.log", f"worker-{study.accession_number}.log"):
         with get_client(sync_client=True) as client:
-
-            def deployment() -> Any:
-                try:
-                    return client.read_deployment_by_name("publish-study/publish")
-                except Exception:
-                    return None
-
-            wait_for(deployment, 90, "the worker to serve the deployment")
+            wait_for(lambda: find_deployment(client, "publish-study/publish"), 90, "the worker to serve the deployment")
             s3_server.stop()
             body = {
                 "patient_id": study.patient_id,
@@ -484,13 +472,3 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
             task = get_task(session, first["task_id"])
             assert task.flow_run_id == str(run_id) and task.attempts == 2
         assert bucket_keys(s3_server, s3_bucket) == [f"published/{task.object_key}"]
-    finally:
-        mis.close()
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log_file.close()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / f"worker-{study.accession_number}.log").write_text((tmp_path / "worker.log").read_text())

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +27,7 @@ from studypub.settings import get_settings
 from studypub.storage import open_storage
 from tests.support.api import Seeded, past, seed_publication
 from tests.support.net import LOOPBACK, free_port, wait_for
-
-STUDYPUB = Path(sys.executable).with_name("studypub")
-ARTIFACTS = Path(__file__).parents[1] / "artifacts"
+from tests.support.worker import ARTIFACTS, STUDYPUB, find_deployment, running_worker
 
 ZERO = {
     "archives_deleted": 0,
@@ -311,27 +308,19 @@ def test_worker_serves_retention_on_its_schedule_next_to_publish(
         STUDYPUB_RETENTION__CRON="17 3 * * *",
         PREFECT_RUNNER_POLL_FREQUENCY="1",
     )
-    log_path = tmp_path / "worker.log"
-    with log_path.open("w") as log_file:
-        worker = subprocess.Popen([str(STUDYPUB), "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
+    artifact = f"worker-retention-{time.time_ns()}.log"
+    with running_worker(env, tmp_path / "worker.log", artifact):
         with get_client(sync_client=True) as client:
-
-            def deployment(name: str) -> Any:
-                try:
-                    return client.read_deployment_by_name(name)
-                except Exception:
-                    return None
 
             def registered_by_this_worker() -> Any:
                 # The session's Prefect server may hold the deployment from an earlier worker (default cron):
                 # wait for this worker's registration, which replaces the schedule.
-                found = deployment("retention/retention")
+                found = find_deployment(client, "retention/retention")
                 crons = [s.schedule.cron for s in found.schedules] if found else []
                 return found if crons == ["17 3 * * *"] else None
 
             retention = wait_for(registered_by_this_worker, 90, "the retention deployment with the cron setting")
-            assert wait_for(lambda: deployment("publish-study/publish"), 30, "the publish deployment")
+            assert wait_for(lambda: find_deployment(client, "publish-study/publish"), 30, "the publish deployment")
             [schedule] = retention.schedules
             assert schedule.active
             assert retention.global_concurrency_limit is not None and retention.global_concurrency_limit.limit == 1
@@ -347,12 +336,3 @@ def test_worker_serves_retention_on_its_schedule_next_to_publish(
             states = wait_for(final_states, 120, "the runs")
             assert sorted(s.type.value for s in states) == ["CANCELLED", "COMPLETED"], states
         assert deleted_properly(seeded)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / f"worker-retention-{time.time_ns()}.log").write_text(log_path.read_text(errors="replace"))

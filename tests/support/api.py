@@ -9,6 +9,7 @@ made through the domain functions (request → claim → complete), for tests of
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import subprocess
@@ -154,8 +155,6 @@ def seed_publication(
             storage.ensure_ready()
             with storage.writer(object_key) as fh:
                 fh.write(data)
-            import hashlib
-
             complete(
                 session,
                 settings,
