@@ -20,6 +20,7 @@ bench:          ## benchmarks (print numbers; not tests)
 	@deployments/setup.sh test
 	@$(PY) -m bench.publish
 	@$(PY) -m bench.api_latency
+	@$(PY) -m bench.published_list
 
 lint:
 	@deployments/setup.sh test

@@ -1,4 +1,4 @@
-"""The FastAPI application: the MIS API, the patient's link pages, and (later) the dashboard.
+"""The FastAPI application: the MIS API, the patient's link pages, and the dashboard.
 
 ``create_app()`` builds it; start-up work (database schema, the dispatcher thread) happens in the lifespan,
 never at import. ``studypub api`` serves it with uvicorn.
@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+import dashboard
 from api import errors
 from api.dispatch import Dispatcher
 from api.routes import links, publish
@@ -32,9 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from studypub.db import get_sessionmaker, migrate
+        from studypub.users import ensure_first_admin
 
         migrate(settings)  # quick when `studypub api` has done it already
         app.state.sessions = get_sessionmaker(settings)
+        with app.state.sessions() as session:
+            ensure_first_admin(session, settings)
         app.state.dispatcher = Dispatcher(app.state.sessions, interval=settings.api.dispatch_interval)
         app.state.dispatcher.start()
         try:
@@ -54,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(links.LinkHygiene)
     app.include_router(publish.router)
     app.include_router(links.router)
+    dashboard.install(app, settings)
 
     @app.get("/health", tags=["operations"], summary="Liveness")
     def health() -> dict[str, str]:

@@ -10,8 +10,10 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from studypub.apikeys import Caller, authenticate
-from studypub.errors import Unauthorized
+from studypub.errors import Forbidden, Unauthorized
+from studypub.models import User
 from studypub.settings import Settings
+from studypub.users import Role
 
 API_KEY_HEADER = "X-API-Key"
 _api_key_scheme = APIKeyHeader(
@@ -51,3 +53,50 @@ def get_mis_client(session: SessionDep, key: Annotated[str | None, Security(_api
 
 
 MisClient = Annotated[Caller, Depends(get_mis_client)]
+
+
+# The dashboard -----------------------------------------------------------------------------------------------
+
+
+def get_current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
+    """The signed-in dashboard user (session cookie); pages send a visitor without one to sign-in, JSON gets 401."""
+    from dashboard.auth import SESSION_COOKIE, session_user
+
+    user = session_user(session, settings, request.cookies.get(SESSION_COOKIE))
+    session.commit()  # as above: no connection held across FastAPI's thread hops
+    if user is None:
+        raise Unauthorized("sign in first")
+    request.state.user = user
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_administrator(user: CurrentUser) -> User:
+    if user.role != Role.ADMINISTRATOR:
+        raise Forbidden("administrators only")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_administrator)]
+
+
+async def check_csrf(request: Request, settings: SettingsDep) -> None:
+    """Unsafe requests to the dashboard must carry the CSRF token (form field or header)."""
+    from dashboard.auth import CSRF_FIELD, CSRF_HEADER, csrf_valid
+
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    presented = request.headers.get(CSRF_HEADER)
+    if presented is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        form = await request.form()  # Starlette keeps it: the route's Form() fields read the same parse
+        value = form.get(CSRF_FIELD)
+        presented = value if isinstance(value, str) else None
+    if not csrf_valid(settings, request, presented):
+        raise Forbidden("the form has expired or did not come from this site; reload the page and try again")
+
+
+CsrfChecked = Depends(check_csrf)

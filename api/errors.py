@@ -4,6 +4,7 @@ reason; trouble with a dependency is a 503; nothing echoes the request's values 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studypub.errors import StudyPubError
@@ -29,6 +31,27 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     429: "too_many_requests",
 }
+
+
+# Parts of the app that answer errors as HTML pages (the dashboard): (path prefix, renderer). A renderer gets
+# (request, status, code, detail) and returns a response, or None to leave the JSON answer.
+HtmlErrorRenderer = Callable[[Request, int, str, str], Response | None]
+
+
+def _answer(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    for prefix, render in getattr(request.app.state, "html_errors", ()):
+        if request.url.path.startswith(prefix):
+            page = render(request, status, code, detail)
+            if page is not None:
+                return page
+    return JSONResponse(error_body(code, detail, errors), status_code=status, headers=headers)
 
 
 def error_body(code: str, detail: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
@@ -70,7 +93,7 @@ def _message(err: dict[str, Any]) -> str:
     return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
 
 
-async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation(request: Request, exc: RequestValidationError) -> Response:
     errors = [
         {
             "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
@@ -80,33 +103,31 @@ async def _validation(_request: Request, exc: RequestValidationError) -> JSONRes
     ]
     first = errors[0] if errors else {"field": "body", "message": "is invalid"}
     detail = first["message"] if first["field"] == "body" else f"{first['field']}: {first['message']}"
-    return JSONResponse(error_body("invalid_request", detail, errors), status_code=422)
+    return _answer(request, 422, "invalid_request", detail, errors)
 
 
-async def _studypub(_request: Request, exc: StudyPubError) -> JSONResponse:
+async def _studypub(request: Request, exc: StudyPubError) -> Response:
     status = exc.http_status
     if status >= 500 and status != 503:
         log.error("Request failed", extra=details(error_code=exc.code))
-        return JSONResponse(error_body(exc.code, "internal error"), status_code=500)
+        return _answer(request, 500, exc.code, "internal error")
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return JSONResponse(error_body(exc.code, exc.reason), status_code=status, headers=headers)
+    return _answer(request, status, exc.code, exc.reason, headers=headers)
 
 
-async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http(request: Request, exc: StarletteHTTPException) -> Response:
     code = _HTTP_CODES.get(exc.status_code, "error")
-    return JSONResponse(
-        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-    )
+    return _answer(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _database(_request: Request, exc: Exception) -> JSONResponse:
+async def _database(request: Request, exc: Exception) -> Response:
     log.error("Database unavailable", extra=details(error=type(exc).__name__))
-    return JSONResponse(error_body("database_unavailable", "the database is unavailable; retry later"), 503)
+    return _answer(request, 503, "database_unavailable", "the database is unavailable; retry later")
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("Unexpected error", extra=details(error=type(exc).__name__))
-    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+    return _answer(request, 500, "internal_error", "internal error")
 
 
 def install(app: FastAPI) -> None:

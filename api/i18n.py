@@ -25,6 +25,8 @@ from babel.units import format_unit
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dashboard.messages import MESSAGES as DASHBOARD_MESSAGES
+
 SUPPORTED_LOCALES: tuple[str, ...] = ("ru", "en")
 DEFAULT_LOCALE = "ru"  # the customer's clinics are Russian; a browser that says nothing gets Russian
 LANG_PARAM = "lang"
@@ -180,6 +182,14 @@ MESSAGES: dict[str, dict[str, Message]] = {
         "link.unavailable.text": "Сервис сейчас не может ответить. Попробуйте через несколько минут.",
     },
 }
+
+
+def _merge(extra: dict[str, dict[str, Message]]) -> None:
+    for locale, messages in extra.items():
+        MESSAGES.setdefault(locale, {}).update(messages)
+
+
+_merge(DASHBOARD_MESSAGES)
 
 _LANG_TAG = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$|^\*$")
 

@@ -68,6 +68,27 @@ def drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
+def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``studypub api`` on a free port with ``env``; returns the process and its base URL once it answers."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return proc, base
+
+
 async def client_loop(
     client: Any, n: int, paced: bool, health: bool, out: dict[str, list[float]], seq: list[int]
 ) -> None:
@@ -157,24 +178,8 @@ def main() -> None:
         migrate(settings)
         with get_sessionmaker(settings)() as session:
             key = create_key(session, "bench", clinic_code=None, actor="bench")[1]
-        port = free_port()
-        api_proc = subprocess.Popen(
-            [sys.executable, "-m", "deployments.cli", "api", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "api.log").open("wb"),
-        )
-        base = f"http://127.0.0.1:{port}"
-        import httpx
-
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        # Warm-up: connections, caches, and both paths (a repeat is every 4th request: the first repeats of a
-        # cold process compile the ORM's loaders and grow the pool, a one-off ~150 ms stall).
+        api_proc, base = start_api(env, tmp / "api.log")
+        # Warm-up: connections, caches, and both paths (a repeat is every 4th request).
         asyncio.run(scenario(base, key, 8, paced=False, health=False))
 
         results: dict[str, Any] = {}

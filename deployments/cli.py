@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("create-api-key", help="create an MIS client's API key; prints it once")
     k.add_argument("--name", required=True, help="a name for the client, e.g. the MIS's name")
     k.add_argument("--clinic", help="restrict the key to this clinic code (default: any clinic)")
+    u = sub.add_parser(
+        "create-user", help="create a dashboard user (the first administrator, say); asks for the password"
+    )
+    u.add_argument("--username", required=True)
+    u.add_argument("--role", choices=["administrator", "registrator"], default="registrator")
+    u.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input (for scripts)"
+    )
     rk = sub.add_parser("revoke-api-key", help="revoke an MIS client's API key")
     rk.add_argument("--name", required=True)
     sub.add_parser("list-api-keys", help="list the MIS clients' API keys (names and hints, never the keys)")
@@ -288,6 +296,32 @@ def cmd_create_api_key(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
+def cmd_create_user(args: argparse.Namespace, out: IO[str]) -> int:
+    import getpass
+
+    from studypub.db import get_sessionmaker, migrate
+    from studypub.errors import StudyPubError
+    from studypub.users import create_user
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            _emit(out, {"status": "FAILED", "reason": "the passwords differ"})
+            return EXIT_FAILED
+    settings = _settings()
+    migrate(settings)
+    with get_sessionmaker(settings)() as session:
+        try:
+            user = create_user(session, settings, args.username, password, args.role, actor=_admin_actor())
+        except StudyPubError as exc:
+            _emit(out, {"status": "FAILED", "reason": exc.reason})
+            return EXIT_FAILED
+        _emit(out, {"status": "ok", "username": user.username, "role": user.role})
+    return EXIT_OK
+
+
 def cmd_revoke_api_key(args: argparse.Namespace, out: IO[str]) -> int:
     from studypub.apikeys import revoke_key
     from studypub.db import get_sessionmaker
@@ -360,6 +394,7 @@ def cmd_retention(_args: argparse.Namespace, out: IO[str]) -> int:
 COMMANDS = {
     "api": cmd_api,
     "create-api-key": cmd_create_api_key,
+    "create-user": cmd_create_user,
     "revoke-api-key": cmd_revoke_api_key,
     "list-api-keys": cmd_list_api_keys,
     "revoke": cmd_revoke,
@@ -381,6 +416,7 @@ JSON_COMMANDS = {
     "echo",
     "deid-profile",
     "create-api-key",
+    "create-user",
     "revoke-api-key",
     "list-api-keys",
     "revoke",

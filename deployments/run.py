@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -121,6 +122,27 @@ def demo_api_key(settings: Settings) -> str:
     return key
 
 
+def demo_admin(settings: Settings) -> tuple[str, str] | None:
+    """On the first start in development, an administrator ``admin`` with a random password kept (0600) in
+    the work folder, so the dashboard can be tried at once. None when users exist that were made otherwise."""
+    from sqlalchemy import func, select
+
+    from studypub.db import get_sessionmaker
+    from studypub.models import User
+    from studypub.users import Role, create_user
+
+    path = settings.work_dir / "demo-admin-password"
+    with get_sessionmaker(settings)() as session:
+        if session.scalar(select(func.count()).select_from(User)):
+            return ("admin", path.read_text().strip()) if path.is_file() else None
+        password = secrets.token_urlsafe(12)
+        create_user(session, settings, "admin", password, Role.ADMINISTRATOR, actor="studypub run")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password)
+    return "admin", password
+
+
 def curl_example(api_url: str, key: str, clinic: str, patient_id: str, accession: str) -> str:
     body = json.dumps(
         {
@@ -183,6 +205,7 @@ def serve_forever(args: Any, settings: Settings) -> int:
             "",
             "StudyPublicator is running.",
             f"  API:              {api_url}/publish  (docs: {api_url}/docs)",
+            f"  Dashboard:        {api_url}/dashboard",
             f"  Patient links:    {settings.links.public_base_url}/s/<key>",
             f"  Prefect UI:       {ui}",
             f"  PACS:             {settings.pacs.called_ae}@{settings.pacs.host}:{settings.pacs.port}"
@@ -192,6 +215,11 @@ def serve_forever(args: Any, settings: Settings) -> int:
             f"  Work folder:      {settings.work_dir}",
             f"  Archives go to:   {settings.storage_url_resolved}",
         ]
+        admin = demo_admin(settings) if settings.env == "development" else None
+        if admin:
+            lines += ["", f"Dashboard sign-in (kept in the work folder, demo-admin-password): {admin[0]} / {admin[1]}"]
+        else:
+            lines += ["", "Dashboard users: .venv/bin/studypub create-user --username <name> --role administrator"]
         if specs:
             spec = specs[0]
             key = demo_api_key(settings) if settings.env == "development" else "<an MIS key>"

@@ -156,9 +156,12 @@ class Task(Base):
             sqlite_where=text("dispatch_pending"),
             postgresql_where=text("dispatch_pending"),
         ),
-        Index("ix_tasks_save_till", "save_till"),
         Index("ix_tasks_accession", "accession_number"),
-        Index("ix_tasks_patient", "patient_id"),
+        # The published list sorts by these (then by id, for a stable page order) and filters by the first.
+        Index("ix_tasks_save_till", "save_till", "id"),
+        Index("ix_tasks_patient", "patient_id", "id"),
+        Index("ix_tasks_study_date", "study_date", "id"),
+        Index("ix_tasks_emk_record_id", "emk_record_id", "id"),
     )
 
 
@@ -191,12 +194,20 @@ class PublishedStudy(Base):
     series: Mapped[int] = mapped_column(Integer, default=0)
     modalities: Mapped[str | None] = mapped_column(String(64))
     profile_version: Mapped[str] = mapped_column(String(64))
-    upload_date: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    upload_date: Mapped[datetime] = mapped_column(default=utcnow)
     downloads: Mapped[int] = mapped_column(Integer, default=0)
     last_download_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
 
     task: Mapped[Task] = relationship(back_populates="publication")
+
+    __table_args__ = (
+        # The published list sorts by these, then by id (a stable page order): an index walk, not a sort.
+        Index("ix_published_studies_upload_date", "upload_date", "id"),
+        Index("ix_published_studies_size_bytes", "size_bytes", "id"),
+        Index("ix_published_studies_downloads", "downloads", "id"),
+        Index("ix_published_studies_last_download_at", "last_download_at", "id"),
+    )
 
 
 class ManualRequest(Base):

@@ -192,6 +192,58 @@ def requeue(session: Session, task_id: str, *, actor: str) -> bool:
     return done
 
 
+REPLACES = "replaces"  # a task_steps row of a republication: the archive the new one replaces
+
+
+def republish(session: Session, task_id: str, *, actor: str) -> Task:
+    """Build a new archive of a published study under the same link (images reached the PACS after it was
+    published). The run starts from the beginning into a new object; the link step removes the old object
+    once the new one is in place. The link says "being prepared" meanwhile."""
+    task = get_task(session, task_id)
+    if task.status != TaskStatus.COMPLETED:
+        raise Conflict("only a published study can be published again")
+    old_key = task.object_key
+    now = utcnow()
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.COMPLETED)
+        .values(
+            status=TaskStatus.QUEUED,
+            step=Step.FIND,
+            dispatch_pending=True,
+            requeues=Task.requeues + 1,
+            object_key=new_object_key(),
+            flow_run_id=None,
+            reason=None,
+            error_code=None,
+            progress_received=None,
+            progress_expected=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(result, "rowcount", 0):
+        session.rollback()
+        raise Conflict("the publication changed meanwhile; reload and try again")
+    session.execute(delete(TaskStep).where(TaskStep.task_id == task_id))
+    session.add(TaskStep(task_id=task_id, step=REPLACES, data={"object_key": old_key}))
+    audit(session, actor=actor, action="publication.republished", task=task)
+    session.commit()
+    session.expire(task)
+    return task
+
+
+def replaced_object(session: Session, task_id: str) -> str | None:
+    """The object a republication replaces, while it has not been removed."""
+    data = session.scalars(select(TaskStep.data).where(TaskStep.task_id == task_id, TaskStep.step == REPLACES)).first()
+    return (data or {}).get("object_key")
+
+
+def forget_replaced(session: Session, task_id: str) -> None:
+    session.execute(delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step == REPLACES))
+    session.commit()
+
+
 def pending_dispatch(session: Session, limit: int = 100) -> list[tuple[str, int]]:
     """Recorded requests whose run has not been handed to Prefect yet: (task id, requeue count), oldest first."""
     rows = session.execute(

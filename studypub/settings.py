@@ -24,6 +24,17 @@ def _default_work_dir() -> Path:
     return Path.home() / ".local" / "share" / "studypublicator"
 
 
+def _rate_limit(value: str) -> str:
+    """A rate limit in the ``limits`` syntax ("60/minute", "10/minute;100/hour")."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"not a rate limit such as 60/minute: {value!r}") from exc
+    return value
+
+
 class DatabaseSettings(BaseModel):
     url: str | None = Field(
         None,
@@ -96,13 +107,7 @@ class LinkSettings(BaseModel):
     @field_validator("rate_limit")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
-        from limits import parse_many
-
-        try:
-            parse_many(value)
-        except ValueError as exc:
-            raise ValueError(f"not a rate limit such as 60/minute: {value!r}") from exc
-        return value
+        return _rate_limit(value)
 
     @field_validator("time_zone")
     @classmethod
@@ -180,6 +185,37 @@ class RetentionSettings(BaseModel):
     )
 
 
+class DashboardSettings(BaseModel):
+    registrator_session_hours: float = Field(8, gt=0, le=24 * 7, description="Sign-in lifetime of registrators.")
+    administrator_session_hours: float = Field(
+        24, gt=0, le=24 * 7, description="Sign-in lifetime of administrators."
+    )
+    login_rate_limit: str = Field(
+        "10/minute", description="Sign-in attempts allowed per client address and per user name (limits syntax)."
+    )
+    registrators_can_extend: bool = Field(False, description="Registrators may extend a publication's storage.")
+    first_admin_username: str | None = Field(
+        None, description="Creates this administrator at first start when there are no users (with the password)."
+    )
+    first_admin_password: SecretStr | None = Field(
+        None, description="Password of the first administrator (at least 10 characters); change it after sign-in."
+    )
+    prefect_ui_url: str = Field(
+        "http://127.0.0.1:4200", description="Address of the Prefect UI as the staff's browsers reach it (run links)."
+    )
+    page_size: int = Field(50, ge=10, le=500, description="Rows per page of the published studies list.")
+
+    @field_validator("first_admin_username", "first_admin_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("login_rate_limit")
+    @classmethod
+    def _valid_login_rate_limit(cls, value: str) -> str:
+        return _rate_limit(value)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STUDYPUB_",
@@ -214,6 +250,7 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
@@ -226,6 +263,7 @@ class Settings(BaseSettings):
         for name, value in (
             ("STUDYPUB_SECRET_KEY", self.secret_key),
             ("STUDYPUB_STORAGE__SECRET_ACCESS_KEY", self.storage.secret_access_key),
+            ("STUDYPUB_DASHBOARD__FIRST_ADMIN_PASSWORD", self.dashboard.first_admin_password),
         ):
             if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from studypub.db import get_sessionmaker
 from studypub.errors import StudyNotFound, is_retryable
 from studypub.models import Task
+from studypub.overrides import effective_settings
 from studypub.publications import get_task
 from studypub.settings import Settings, get_settings
 from studypub.spool import WorkPaths, work_paths
@@ -45,9 +46,10 @@ class StepContext:
 
 @contextmanager
 def step_context(task_id: str) -> Iterator[StepContext]:
-    settings = get_settings()
-    session = get_sessionmaker(settings)()
+    base = get_settings()
+    session = get_sessionmaker(base)()
     try:
+        settings = effective_settings(session, base)  # with the administrator's dashboard settings
         task = get_task(session, task_id)
         yield StepContext(settings, session, task, work_paths(settings.work_dir, task_id))
     finally:

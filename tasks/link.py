@@ -8,7 +8,8 @@ from prefect import task
 from studypub.deid.engine import PROFILE_VERSION
 from studypub.logs import details, get_logger
 from studypub.models import Step, TaskStatus
-from studypub.publications import complete
+from studypub.publications import complete, forget_replaced, replaced_object
+from studypub.storage import open_storage
 from tasks.common import TASK_DEFAULTS, step_context
 
 log = get_logger("tasks.link")
@@ -19,7 +20,12 @@ def link(task_id: str) -> str:
     with step_context(task_id) as ctx:
         archive = dict(ctx.task.checkpoints[Step.ZIP.value])
         archive.update(ctx.task.checkpoints[Step.UPLOAD.value])
+        old = replaced_object(ctx.session, task_id)
+        if old and old != ctx.task.object_key:  # a republication: the new archive is in place
+            open_storage(ctx.settings).delete(old)  # idempotent; a failure retries this step
         complete(ctx.session, ctx.settings, task_id, archive=archive, profile_version=PROFILE_VERSION)
+        if old:
+            forget_replaced(ctx.session, task_id)
         ctx.paths.remove()
         log.info(
             f"Study {ctx.task.accession_number} published",

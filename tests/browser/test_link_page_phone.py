@@ -4,7 +4,6 @@ works. Screenshots go to tests/artifacts/ (not committed)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,6 @@ from studypub.db import migrate
 from studypub.models import PublishedStudy, TaskStatus
 from tests.support.api import seed_publication
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 WIDTH, HEIGHT = 390, 844
 LOCALES = {"ru": "ru-RU", "en": "en-US"}
@@ -24,18 +20,6 @@ LONG_TITLE = (
     "Магнитно-резонансная томография коленного сустава с внутривенным контрастированием "
     "(исследование_с_очень_длинным_неразрывным_названием_из_медицинской_информационной_системы) "
 ) * 2
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed (apt-get install -y --no-install-recommends chromium)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def phone(browser: Any, lang: str) -> Any:

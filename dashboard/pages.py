@@ -1,0 +1,646 @@
+"""The dashboard's routes, under ``/dashboard`` (kept out of the OpenAPI schema).
+
+Every route states its access in its signature: ``CurrentUser`` (any signed-in user), ``AdminUser``
+(administrators), or nothing (sign-in only). The role matrix test reads the routes of the app and checks each.
+Unsafe methods pass the CSRF check (router dependency). Plain ``def`` routes: the work inside blocks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from api.deps import AdminUser, CsrfChecked, CurrentUser, SessionDep, SettingsDep
+from dashboard import queries
+from dashboard.auth import (
+    LoginLimiter,
+    clear_session_cookie,
+    issue_session,
+    set_session_cookie,
+)
+from dashboard.render import PREFIX, redirect, render, secure_headers, zone
+from studypub.apikeys import create_key, list_keys, revoke_key
+from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
+from studypub.models import ManualRequest, Task, TaskStatus, User
+from studypub.overrides import OVERRIDABLE, current_values, effective_settings, save_overrides
+from studypub.publications import (
+    PublicationRequest,
+    audit,
+    extend,
+    get_task,
+    link_url,
+    republish,
+    request_publication,
+    requeue,
+    revoke,
+)
+from studypub.settings import Settings
+from studypub.users import (
+    Role,
+    authenticate_user,
+    create_user,
+    end_sessions,
+    list_users,
+    set_disabled,
+    set_password,
+    set_role,
+)
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[CsrfChecked])
+
+Text = Annotated[str, Form()]
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _safe_next(value: str | None) -> str:
+    """Where to go after signing in: only a dashboard path of this site (no open redirect)."""
+    if value and value.startswith(f"{PREFIX}/") and "//" not in value and "\\" not in value:
+        return value
+    return f"{PREFIX}/queue"
+
+
+def _actor(user: User) -> str:
+    return user.username
+
+
+def _can_extend(user: User, settings: Settings) -> bool:
+    return user.role == Role.ADMINISTRATOR or settings.dashboard.registrators_can_extend
+
+
+def _run_url(settings: Settings, flow_run_id: str | None) -> str | None:
+    if not flow_run_id:
+        return None
+    return f"{settings.dashboard.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def _parse_day(value: str | None, field: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(f"{field}: not a date (YYYY-MM-DD)") from None
+
+
+# Sign-in -----------------------------------------------------------------------------------------------------
+
+
+@router.get("", name="dashboard_home")
+def home() -> Response:
+    return redirect(f"{PREFIX}/queue")
+
+
+@router.get("/login", name="dashboard_login")
+def login_form(request: Request, next: str | None = None) -> Response:
+    return render(request, "login.html", user=None, next=_safe_next(next), error=None, username="")
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    username: Text = "",
+    password: Text = "",
+    next: Text = "",
+) -> Response:
+    limiter: LoginLimiter = request.app.state.login_limiter
+    if not limiter.allow(_client_address(request), username):
+        return render(
+            request,
+            "login.html",
+            user=None,
+            next=_safe_next(next),
+            error="login.too_many",
+            username=username,
+            status_code=429,
+        )
+    user = authenticate_user(session, username, password)
+    if user is None:
+        session.commit()
+        return render(
+            request,
+            "login.html",
+            user=None,
+            next=_safe_next(next),
+            error="login.failed",
+            username=username,
+            status_code=401,
+        )
+    token, lifetime = issue_session(settings, user)
+    audit(session, actor=user.username, action="user.signed_in", details={"role": user.role})
+    session.commit()
+    response = redirect(_safe_next(next))
+    set_session_cookie(response, request, token, lifetime)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, user: CurrentUser, session: SessionDep) -> Response:
+    """Sign out: the user's sessions end everywhere (a copied cookie stops working too)."""
+    end_sessions(session, user.id, actor=user.username)
+    response = redirect(f"{PREFIX}/login")
+    clear_session_cookie(response, request)
+    return response
+
+
+# Queue ---------------------------------------------------------------------------------------------------------
+
+
+def _queue_json(settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "task_id": r["id"],
+            "pid": r["patient_id"],
+            "acsn": r["accession_number"],
+            "status": r["status"],
+            "step": r["step"],
+            "received": r["progress_received"],
+            "expected": r["progress_expected"],
+            "reason": r["reason"] if r["status"] in (TaskStatus.FAILED, TaskStatus.QUEUED) else None,
+            "size": r["size_bytes"],
+            "created_at": r["created_at"].isoformat(),
+            "run_url": _run_url(settings, r["flow_run_id"]),
+        }
+        for r in rows
+    ]
+
+
+@router.get("/queue", name="dashboard_queue")
+def queue_page(
+    request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep, status: str | None = None
+) -> Response:
+    status = status if status in set(TaskStatus) else None
+    rows = queries.queue_rows(session, status=status)
+    session.commit()
+    return render(
+        request, "queue.html", user=user, rows=_queue_json(settings, rows), status=status, statuses=list(TaskStatus)
+    )
+
+
+@router.get("/api/queue", name="dashboard_queue_json")
+def queue_json(user: CurrentUser, session: SessionDep, settings: SettingsDep, status: str | None = None) -> Response:
+    status = status if status in set(TaskStatus) else None
+    rows = queries.queue_rows(session, status=status)
+    session.commit()
+    return secure_headers(JSONResponse({"rows": _queue_json(settings, rows)}))
+
+
+# Manual publication ----------------------------------------------------------------------------------------------
+
+
+@router.get("/publish", name="dashboard_publish")
+def publish_form(request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    effective = effective_settings(session, settings)
+    session.commit()
+    return render(request, "publish.html", user=user, errors={}, values={}, limits=effective.links)
+
+
+@router.post("/publish")
+def publish(
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    patient_id: Text = "",
+    accession_number: Text = "",
+    retention_days: Text = "",
+) -> Response:
+    effective = effective_settings(session, settings)
+    values = {"patient_id": patient_id, "accession_number": accession_number, "retention_days": retention_days}
+    errors: dict[str, str] = {}
+    for field, value in (("patient_id", patient_id), ("accession_number", accession_number)):
+        value = value.strip()
+        if not value:
+            errors[field] = "form.required"
+        elif len(value) > 64:
+            errors[field] = "form.too_long"
+        elif any(ord(c) < 32 or c in "\\*?" for c in value):
+            errors[field] = "form.bad_characters"
+    save_till = None
+    if retention_days.strip():
+        try:
+            days = int(retention_days)
+        except ValueError:
+            errors["retention_days"] = "form.not_a_number"
+        else:
+            if not 1 <= days <= effective.links.max_retention_days:
+                errors["retention_days"] = "form.retention_range"
+            else:
+                save_till = datetime.combine(
+                    datetime.now(zone(settings)).date() + timedelta(days=days), time.min, tzinfo=zone(settings)
+                )
+    if errors:
+        session.commit()
+        return render(
+            request,
+            "publish.html",
+            user=user,
+            errors=errors,
+            values=values,
+            limits=effective.links,
+            status_code=422,
+        )
+    task, created = request_publication(
+        session,
+        effective,
+        PublicationRequest(
+            patient_id=patient_id,
+            accession_number=accession_number,
+            clinic_code=user.clinic_code,
+            source="manual",
+            save_till=save_till,
+            dispatch=True,
+        ),
+        actor=_actor(user),
+    )
+    if not created and task.status == TaskStatus.FAILED:
+        created = requeue(session, task.id, actor=_actor(user))
+    session.add(ManualRequest(task_id=task.id, clinic_code=user.clinic_code, user_id=user.id))
+    session.commit()
+    if created:
+        request.app.state.dispatcher.wake()
+    return redirect(f"{PREFIX}/tasks/{task.id}?done={'requested' if created else 'existing'}")
+
+
+# One publication ---------------------------------------------------------------------------------------------------
+
+
+def _task_or_404(session: Any, task_id: str) -> Task:
+    return get_task(session, task_id[:36])
+
+
+@router.get("/tasks/{task_id}", name="dashboard_task")
+def task_page(
+    request: Request,
+    task_id: str,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    done: str | None = None,
+) -> Response:
+    task = _task_or_404(session, task_id)
+    pub = task.publication
+    data: dict[str, Any] = {
+        "task": task,
+        "pub": pub,
+        "link": link_url(settings, task.link_key),
+        "run_url": _run_url(settings, task.flow_run_id),
+        "can_extend": _can_extend(user, settings) and task.status not in (TaskStatus.EXPIRED, TaskStatus.DELETED),
+        "done": done if done in DONE_MESSAGES else None,
+    }
+    session.commit()
+    return render(request, "task.html", user=user, **data)
+
+
+DONE_MESSAGES = {"requested", "existing", "extended", "revoked", "retried", "republished"}
+
+
+@router.post("/tasks/{task_id}/extend")
+def extend_task(
+    task_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep, save_till: Text = ""
+) -> Response:
+    if not _can_extend(user, settings):
+        raise Forbidden("administrators only")
+    day = _parse_day(save_till, "save_till")
+    if day is None:
+        raise ValidationError("save_till: choose a date")
+    task = _task_or_404(session, task_id)
+    effective = effective_settings(session, settings)
+    until = datetime.combine(day, time(23, 59), tzinfo=zone(settings))
+    extend(session, effective, task.id, until, actor=_actor(user))
+    return redirect(f"{PREFIX}/tasks/{task.id}?done=extended")
+
+
+@router.post("/tasks/{task_id}/revoke")
+def revoke_task(task_id: str, user: AdminUser, session: SessionDep, settings: SettingsDep) -> Response:
+    task = _task_or_404(session, task_id)
+    revoke(session, settings, task.id, actor=_actor(user))
+    return redirect(f"{PREFIX}/tasks/{task.id}?done=revoked")
+
+
+@router.post("/tasks/{task_id}/republish")
+def republish_task(request: Request, task_id: str, user: AdminUser, session: SessionDep) -> Response:
+    """Build a new archive under the same link (images reached the PACS after the study was published)."""
+    task = _task_or_404(session, task_id)
+    republish(session, task.id, actor=_actor(user))
+    request.app.state.dispatcher.wake()
+    return redirect(f"{PREFIX}/tasks/{task.id}?done=republished")
+
+
+@router.post("/tasks/{task_id}/retry")
+def retry_task(request: Request, task_id: str, user: AdminUser, session: SessionDep) -> Response:
+    """Retry a failed publication: its Prefect run again (as the Prefect UI's Retry does: it resumes after the
+    last finished step), or a new run when it has none (it never started, or it was deleted)."""
+    task = _task_or_404(session, task_id)
+    if task.status != TaskStatus.FAILED:
+        raise Conflict("only a failed publication can be retried")
+    run_id = task.flow_run_id
+    retried = False
+    if run_id:
+        retried = _retry_prefect_run(run_id)
+    if retried:
+        audit(session, actor=_actor(user), action="publication.retried", task=task, details={"flow_run_id": run_id})
+        session.commit()
+    else:
+        requeue(session, task.id, actor=_actor(user))
+        request.app.state.dispatcher.wake()
+    return redirect(f"{PREFIX}/tasks/{task.id}?done=retried")
+
+
+def _retry_prefect_run(run_id: str) -> bool:
+    """Set a failed or crashed run to AwaitingRetry; False when the run is gone or not in a final failed state."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import AwaitingRetry
+
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                run = client.read_flow_run(UUID(run_id))
+            except ObjectNotFound:
+                return False
+            if run.state is None or not (run.state.is_failed() or run.state.is_crashed()):
+                return False
+            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+            return True
+    except ObjectNotFound:
+        return False
+    except Exception as exc:
+        raise TransientError(f"Prefect is unreachable ({type(exc).__name__}); try again later") from None
+
+
+# Published studies ------------------------------------------------------------------------------------------
+
+
+@router.get("/published", name="dashboard_published")
+def published_page(
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    pid: Annotated[str | None, Query(max_length=64)] = None,
+    acsn: Annotated[str | None, Query(max_length=64)] = None,
+    status: str = TaskStatus.COMPLETED.value,
+    upload_from: str | None = None,
+    upload_to: str | None = None,
+    study_from: str | None = None,
+    study_to: str | None = None,
+    save_till_from: str | None = None,
+    save_till_to: str | None = None,
+    sort: str = "upload_date",
+    order: str = "desc",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    flt = queries.PublishedFilter(
+        pid=(pid or "").strip() or None,
+        acsn=(acsn or "").strip() or None,
+        status=status if status in {s.value for s in queries.PUBLISHED_STATUSES} else None,
+        upload_from=_parse_day(upload_from, "upload_from"),
+        upload_to=_parse_day(upload_to, "upload_to"),
+        study_from=_parse_day(study_from, "study_from"),
+        study_to=_parse_day(study_to, "study_to"),
+        save_till_from=_parse_day(save_till_from, "save_till_from"),
+        save_till_to=_parse_day(save_till_to, "save_till_to"),
+        sort=sort if sort in queries.SORTS else "upload_date",
+        descending=order != "asc",
+        page=page,
+        page_size=settings.dashboard.page_size,
+        tz=zone(settings),
+    )
+    result = queries.published_page(session, flt)
+    session.commit()
+    params = {
+        k: v
+        for k, v in {
+            "pid": flt.pid,
+            "acsn": flt.acsn,
+            "status": status if flt.status else "all",
+            "upload_from": upload_from,
+            "upload_to": upload_to,
+            "study_from": study_from,
+            "study_to": study_to,
+            "save_till_from": save_till_from,
+            "save_till_to": save_till_to,
+        }.items()
+        if v
+    }
+    for row in result.rows:
+        row["link"] = link_url(settings, row["link_key"])
+    return render(
+        request,
+        "published.html",
+        user=user,
+        result=result,
+        flt=flt,
+        params=params,
+        sorts=list(queries.SORTS),
+        published_statuses=[s.value for s in queries.PUBLISHED_STATUSES],
+    )
+
+
+# Users and API keys (administrators) ----------------------------------------------------------------------------
+
+
+def _users_page(
+    request: Request, user: User, session: Any, *, error: str | None = None, done: str | None = None, status: int = 200
+) -> Response:
+    users = list_users(session)
+    session.commit()
+    return render(
+        request,
+        "users.html",
+        user=user,
+        users=users,
+        roles=[r.value for r in Role],
+        error=error,
+        done=done if done in USER_DONE else None,
+        status_code=status,
+    )
+
+
+@router.get("/users", name="dashboard_users")
+def users_page(request: Request, user: AdminUser, session: SessionDep, done: str | None = None) -> Response:
+    return _users_page(request, user, session, done=done)
+
+
+USER_DONE = {"created", "password", "role", "disabled", "enabled"}
+
+
+@router.post("/users")
+def users_create(
+    request: Request,
+    user: AdminUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    username: Text = "",
+    password: Text = "",
+    role: Text = Role.REGISTRATOR.value,
+) -> Response:
+    try:
+        create_user(session, settings, username, password, role, actor=_actor(user), clinic_code=user.clinic_code)
+    except StudyPubError as exc:
+        session.rollback()
+        return _users_page(request, user, session, error=exc.reason, status=exc.http_status)
+    return redirect(f"{PREFIX}/users?done=created")
+
+
+@router.post("/users/{user_id}/password")
+def users_password(user_id: int, user: AdminUser, session: SessionDep, password: Text = "") -> Response:
+    set_password(session, user_id, password, actor=_actor(user))
+    return redirect(f"{PREFIX}/users?done=password")
+
+
+@router.post("/users/{user_id}/role")
+def users_role(user_id: int, user: AdminUser, session: SessionDep, role: Text = "") -> Response:
+    set_role(session, user_id, role, actor=_actor(user))
+    return redirect(f"{PREFIX}/users?done=role")
+
+
+@router.post("/users/{user_id}/disable")
+def users_disable(user_id: int, user: AdminUser, session: SessionDep) -> Response:
+    set_disabled(session, user_id, True, actor=_actor(user))
+    return redirect(f"{PREFIX}/users?done=disabled")
+
+
+@router.post("/users/{user_id}/enable")
+def users_enable(user_id: int, user: AdminUser, session: SessionDep) -> Response:
+    set_disabled(session, user_id, False, actor=_actor(user))
+    return redirect(f"{PREFIX}/users?done=enabled")
+
+
+@router.get("/api-keys", name="dashboard_api_keys")
+def keys_page(request: Request, user: AdminUser, session: SessionDep, done: str | None = None) -> Response:
+    keys = list_keys(session)
+    session.commit()
+    return render(
+        request,
+        "api_keys.html",
+        user=user,
+        keys=keys,
+        new_key=None,
+        error=None,
+        done=done if done == "revoked" else None,
+    )
+
+
+@router.post("/api-keys")
+def keys_create(
+    request: Request, user: AdminUser, session: SessionDep, name: Text = "", clinic_code: Text = ""
+) -> Response:
+    new_key = None
+    error = None
+    try:
+        _, new_key = create_key(session, name.strip(), clinic_code=clinic_code.strip() or None, actor=_actor(user))
+    except StudyPubError as exc:
+        error = exc.reason
+    keys = list_keys(session)
+    session.commit()
+    # The key is shown once, in this answer; it is stored hashed.
+    return render(
+        request,
+        "api_keys.html",
+        user=user,
+        keys=keys,
+        new_key=new_key,
+        error=error,
+        done=None,
+        status_code=200 if error is None else 422,
+    )
+
+
+@router.post("/api-keys/{name}/revoke")
+def keys_revoke(name: str, user: AdminUser, session: SessionDep) -> Response:
+    revoke_key(session, name, actor=_actor(user))
+    return redirect(f"{PREFIX}/api-keys?done=revoked")
+
+
+# Settings (administrators) ----------------------------------------------------------------------------------------
+
+
+def _settings_form(request: Request, user: User, session: Any, settings: Settings, **extra: Any) -> Response:
+    from studypub.overrides import load_overrides
+
+    overridden = load_overrides(session, settings.default_clinic_code)
+    values = current_values(effective_settings(session, settings))
+    defaults = current_values(settings)
+    session.commit()
+    context: dict[str, Any] = {"error": None, "echo": None, "saved": False, **extra}
+    return render(
+        request,
+        "settings.html",
+        user=user,
+        fields=OVERRIDABLE,
+        values=values,
+        defaults=defaults,
+        overridden=overridden,
+        **context,
+    )
+
+
+@router.get("/settings", name="dashboard_settings")
+def settings_page(request: Request, user: AdminUser, session: SessionDep, settings: SettingsDep) -> Response:
+    return _settings_form(request, user, session, settings)
+
+
+@router.post("/settings")
+async def settings_save(request: Request, user: AdminUser, session: SessionDep, settings: SettingsDep) -> Response:
+    form = await request.form()
+    values = {name: str(form.get(name, "")).strip() for name in OVERRIDABLE}
+    from starlette.concurrency import run_in_threadpool
+
+    def save() -> Response:
+        try:
+            save_overrides(session, settings, values, actor=_actor(user))
+        except StudyPubError as exc:
+            session.rollback()
+            return _settings_form(request, user, session, settings, error=exc.reason)
+        return _settings_form(request, user, session, settings, saved=True)
+
+    return await run_in_threadpool(save)
+
+
+@router.post("/settings/echo")
+def settings_echo(request: Request, user: AdminUser, session: SessionDep, settings: SettingsDep) -> Response:
+    """Test the PACS connection (C-ECHO) with the settings in force."""
+    from studypub.dicom.scu import echo
+
+    effective = effective_settings(session, settings)
+    started = datetime.now(UTC)
+    result: dict[str, Any]
+    try:
+        echo(effective)
+        result = {"ok": True, "ms": int((datetime.now(UTC) - started).total_seconds() * 1000)}
+    except StudyPubError as exc:
+        result = {"ok": False, "reason": exc.reason}
+    audit(session, actor=_actor(user), action="settings.pacs_echo", details={"ok": result["ok"]})
+    session.commit()
+    return _settings_form(request, user, session, settings, echo=result)
+
+
+# Audit (administrators) --------------------------------------------------------------------------------------------
+
+
+@router.get("/audit", name="dashboard_audit")
+def audit_page(
+    request: Request,
+    user: AdminUser,
+    session: SessionDep,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    task_id: Annotated[str | None, Query(max_length=36)] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    result = queries.audit_page(session, actor=actor or None, action=action or None, task_id=task_id or None, page=page)
+    session.commit()
+    params = {k: v for k, v in {"actor": actor, "action": action, "task_id": task_id}.items() if v}
+    return render(request, "audit.html", user=user, result=result, params=params)

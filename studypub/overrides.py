@@ -1,0 +1,119 @@
+"""Settings an administrator may change from the dashboard. Saved in the ``settings`` table (per clinic), they
+override the environment's defaults for these fields only; secrets and credentials stay in the environment.
+
+Every process applies them: the API and dashboard per request, the flow's steps when they start
+(``tasks.common.step_context``). Each process re-reads them at most every few seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from studypub.errors import ValidationError
+from studypub.models import Setting
+from studypub.settings import Settings
+
+# field ("section.name") -> what the form says about it
+OVERRIDABLE: tuple[str, ...] = (
+    "links.default_retention_days",
+    "links.max_retention_days",
+    "deid.burned_in_policy",
+    "pacs.host",
+    "pacs.port",
+    "pacs.called_ae",
+)
+CACHE_SECONDS = 5.0
+
+_cache: dict[tuple[int, str], tuple[float, Settings]] = {}
+_lock = threading.Lock()
+
+
+def current_values(settings: Settings) -> dict[str, Any]:
+    return {name: getattr(getattr(settings, name.split(".")[0]), name.split(".")[1]) for name in OVERRIDABLE}
+
+
+def load_overrides(session: Session, clinic_code: str) -> dict[str, Any]:
+    rows = session.execute(
+        select(Setting.key, Setting.value).where(Setting.clinic_code == clinic_code, Setting.key.in_(OVERRIDABLE))
+    )
+    return {key: value for key, value in rows}
+
+
+def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """``settings`` with the overrides applied, each section validated again. Raises ValidationError with the
+    field's name and reason."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in overrides.items():
+        if name in OVERRIDABLE:
+            section, field = name.split(".")
+            sections.setdefault(section, {})[field] = value
+    update: dict[str, Any] = {}
+    for section, changes in sections.items():
+        current = getattr(settings, section)
+        try:
+            update[section] = type(current).model_validate({**current.model_dump(), **changes})
+        except PydanticValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err.get("loc", ()))
+            raise ValidationError(f"{section}.{field}: {err.get('msg', 'is invalid')}") from None
+    result = settings.model_copy(update=update)
+    if result.links.max_retention_days < result.links.default_retention_days:
+        raise ValidationError("links.max_retention_days must be at least links.default_retention_days")
+    return result
+
+
+def effective_settings(session: Session, settings: Settings, clinic_code: str | None = None) -> Settings:
+    """The settings with the dashboard's overrides for the clinic (cached a few seconds per process)."""
+    clinic = clinic_code or settings.default_clinic_code
+    key = (id(settings), clinic)
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(key)
+    if hit is not None and now - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    overrides = load_overrides(session, clinic)
+    try:
+        result = apply_overrides(settings, overrides) if overrides else settings
+    except ValidationError:
+        result = settings  # saved values are validated; a later environment change may clash: keep the defaults
+    with _lock:
+        _cache[key] = (now, result)
+    return result
+
+
+def save_overrides(
+    session: Session, settings: Settings, values: dict[str, Any], *, actor: str, clinic_code: str | None = None
+) -> Settings:
+    """Validate and store the administrator's values (an empty value returns the field to its default)."""
+    from studypub.publications import audit
+
+    clinic = clinic_code or settings.default_clinic_code
+    chosen = {name: value for name, value in values.items() if name in OVERRIDABLE and value not in (None, "")}
+    result = apply_overrides(settings, chosen)  # raises before anything is stored
+    existing = {row.key: row for row in session.scalars(select(Setting).where(Setting.clinic_code == clinic))}
+    changed: dict[str, Any] = {}
+    for name in OVERRIDABLE:
+        row = existing.get(name)
+        if name in chosen:
+            value = current_values(result)[name]
+            if row is None:
+                session.add(Setting(clinic_code=clinic, key=name, value=value, updated_by=actor))
+                changed[name] = value
+            elif row.value != value:
+                row.value, row.updated_by = value, actor
+                changed[name] = value
+        elif row is not None:
+            session.delete(row)
+            changed[name] = None
+    if changed:
+        audit(session, actor=actor, action="settings.changed", details={"changed": changed})
+    session.commit()
+    with _lock:
+        _cache.clear()
+    return result
