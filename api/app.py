@@ -14,7 +14,7 @@ from fastapi import FastAPI
 import dashboard
 from api import errors
 from api.dispatch import Dispatcher
-from api.routes import links, publish
+from api.routes import health, links, publish
 from studypub.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -59,9 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(publish.router)
     app.include_router(links.router)
     dashboard.install(app, settings)
-
-    @app.get("/health", tags=["operations"], summary="Liveness")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    app.include_router(health.router)
 
     return app

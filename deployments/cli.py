@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from studypub.logs import configure_env
@@ -88,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input (for scripts)"
     )
+    b = sub.add_parser("backup", help="dump the app's database (and Prefect's) into a folder, keeping the newest N")
+    b.add_argument("--out", required=True, type=Path, help="folder for the dump files")
+    b.add_argument("--keep", type=int, default=48, help="dumps kept per database (default 48: two days hourly)")
+    b.add_argument(
+        "--prefect-database-url",
+        default=os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"),
+        help="Prefect's database too (default: PREFECT_API_DATABASE_CONNECTION_URL, when it is set)",
+    )
+    r2 = sub.add_parser("restore", help="load a dump into the app's database (or the one given) and migrate it")
+    r2.add_argument("file", type=Path)
+    r2.add_argument("--database-url", help="another database, e.g. Prefect's (then not migrated)")
+    tls = sub.add_parser(
+        "tls-cert", help="write a self-signed certificate for the reverse proxy unless one is there (first start)"
+    )
+    tls.add_argument("--dir", required=True, type=Path, help="folder for tls.crt and tls.key")
+    tls.add_argument("--host", action="append", default=[], help="a host name or address it is for (repeat)")
     rk = sub.add_parser("revoke-api-key", help="revoke an MIS client's API key")
     rk.add_argument("--name", required=True)
     sub.add_parser("list-api-keys", help="list the MIS clients' API keys (names and hints, never the keys)")
@@ -322,6 +339,49 @@ def cmd_create_user(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.backup import backup
+    from studypub.errors import StudyPubError
+
+    settings = _settings()
+    databases = {"studypub": settings.database_url_resolved}
+    if args.prefect_database_url:
+        databases["prefect"] = args.prefect_database_url
+    try:
+        written = backup(databases, args.out, keep=args.keep)
+    except StudyPubError as exc:
+        _emit(out, {"status": "FAILED", "reason": exc.reason})
+        return EXIT_FAILED
+    _emit(out, {"status": "ok", "files": [str(p) for p in written]})
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.backup import restore
+    from studypub.db import migrate
+    from studypub.errors import StudyPubError
+
+    settings = _settings()
+    target = args.database_url or settings.database_url_resolved
+    try:
+        restore(args.file, target)
+        if target == settings.database_url_resolved:
+            migrate(settings)  # a dump of an older version comes up to this version's schema
+    except StudyPubError as exc:
+        _emit(out, {"status": "FAILED", "reason": exc.reason})
+        return EXIT_FAILED
+    _emit(out, {"status": "ok", "restored": str(args.file)})
+    return EXIT_OK
+
+
+def cmd_tls_cert(args: argparse.Namespace, out: IO[str]) -> int:
+    from studypub.tls import self_signed
+
+    written = self_signed(args.dir, args.host)
+    _emit(out, {"status": "ok", "written": written, "dir": str(args.dir)})
+    return EXIT_OK
+
+
 def cmd_revoke_api_key(args: argparse.Namespace, out: IO[str]) -> int:
     from studypub.apikeys import revoke_key
     from studypub.db import get_sessionmaker
@@ -395,6 +455,9 @@ COMMANDS = {
     "api": cmd_api,
     "create-api-key": cmd_create_api_key,
     "create-user": cmd_create_user,
+    "tls-cert": cmd_tls_cert,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
     "revoke-api-key": cmd_revoke_api_key,
     "list-api-keys": cmd_list_api_keys,
     "revoke": cmd_revoke,
@@ -417,6 +480,9 @@ JSON_COMMANDS = {
     "deid-profile",
     "create-api-key",
     "create-user",
+    "tls-cert",
+    "backup",
+    "restore",
     "revoke-api-key",
     "list-api-keys",
     "revoke",

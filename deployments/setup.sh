@@ -20,6 +20,8 @@ if [ "$mode" = test ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need_pkgs+=(postgresql)
   # The browser tests drive Debian's Chromium through Playwright (no browser download).
   [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+  # The reverse proxy's configuration is checked and served by the tests (Debian's nginx, own instances).
+  [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2
@@ -27,6 +29,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
   # Debian starts a system-wide Orthanc on 4242/8042; the project runs its own instances.
   as_root systemctl disable --now orthanc >/dev/null 2>&1 || as_root service orthanc stop >/dev/null 2>&1 || true
+  # Likewise a system-wide nginx on port 80, when the tests' packages brought it.
+  if [ -x /usr/sbin/nginx ]; then
+    as_root systemctl disable --now nginx >/dev/null 2>&1 || as_root service nginx stop >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ "$mode" = test ]; then

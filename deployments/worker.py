@@ -41,6 +41,20 @@ def runner_deployments(settings: Settings) -> list[Any]:
     ]
 
 
+def prepare_storage(settings: Settings) -> None:
+    """Make the bucket (private) at start, so a fresh installation is ready before its first upload. Storage
+    that is not up yet is not fatal: each upload makes sure of it again, and /ready reports it meanwhile."""
+    from studypub.errors import StudyPubError
+    from studypub.logs import details, get_logger
+    from studypub.storage import open_storage
+
+    try:
+        open_storage(settings).ensure_ready()
+    except (StudyPubError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, StudyPubError) else type(exc).__name__
+        get_logger("worker").warning("Storage is not ready yet", extra=details(reason=reason))
+
+
 def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
     # Prefect reads its settings at import: the environment must be complete before the import below.
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
@@ -52,6 +66,7 @@ def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
 
     migrate(settings)
     ensure_prefect_objects(settings)
+    prepare_storage(settings)
     receiver = None
     if settings.pacs.retrieve_method == "move":
         if not port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):

@@ -103,14 +103,16 @@ def run_pipeline(settings: Settings, task_id: str, steps: list[Step], paths: Wor
         if not aborted and any(f.state.is_failed() or f.state.is_crashed() for f in done):
             signal_abort(paths, "a step failed")
             aborted = True
-    failures: list[BaseException] = []
-    for _step, future in futures:
+    failures: list[tuple[Step, BaseException]] = []
+    for step, future in futures:
         try:
             future.result(raise_on_failure=True)
         except BaseException as exc:
-            failures.append(exc)
+            failures.append((step, exc))
     if failures:
-        root = next((e for e in failures if not isinstance(e, Aborted)), failures[0])
+        step, root = next(((s, e) for s, e in failures if not isinstance(e, Aborted)), failures[0])
+        # The steps overlap: the one that failed is not always the first unfinished one. Say which it was.
+        root.failed_step = step.value  # type: ignore[attr-defined]
         raise root
 
 

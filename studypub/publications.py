@@ -412,6 +412,9 @@ def fail(session: Session, task_id: str, exc: BaseException) -> Task:
             f"Unexpected error ({type(exc).__name__}); operators: see the Prefect run",
             "internal_error",
         )
+    failed_step = getattr(exc, "failed_step", None)  # set by the pipeline when overlapping steps ran
+    if failed_step:
+        task.step = failed_step
     task.status = TaskStatus.FAILED
     task.reason = f"{task.step or 'start'}: {reason}"
     task.error_code = code

@@ -79,6 +79,13 @@ class StorageSettings(BaseModel):
         description="Where archives go: s3://bucket/prefix or file:///path. Default: a folder in the work dir.",
     )
     endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, other S3-compatible); empty for AWS.")
+    public_endpoint_url: str | None = Field(
+        None,
+        description=(
+            "The S3 endpoint as patients' browsers reach it, when it differs from endpoint_url (MinIO behind the "
+            "reverse proxy): download URLs are signed for this address. Empty: endpoint_url."
+        ),
+    )
     access_key_id: SecretStr | None = Field(None, description="S3 access key id.")
     secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
     region: str = Field("us-east-1", description="S3 region.")

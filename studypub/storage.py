@@ -71,6 +71,8 @@ class S3Storage:
     prefix: str
     fs: object  # s3fs.S3FileSystem
     part_size: int
+    signer: object = None  # the file system that signs download URLs (public endpoint); None: fs
+    region: str = "us-east-1"
 
     def _path(self, key: str) -> str:
         return f"{self.bucket}/{self.prefix}{key}"
@@ -79,7 +81,12 @@ class S3Storage:
         """Create the bucket when it is missing (private: no ACL is ever set)."""
         try:
             if not self.fs.exists(self.bucket):  # type: ignore[attr-defined]
-                self.fs.mkdir(self.bucket)  # type: ignore[attr-defined]
+                # Not s3fs's mkdir: it sends LocationConstraint=us-east-1, which S3 refuses for that region.
+                params: dict[str, object] = {"Bucket": self.bucket}
+                if self.region and self.region != "us-east-1":
+                    params["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+                self.fs.call_s3("create_bucket", **params)  # type: ignore[attr-defined]
+                self.fs.invalidate_cache()  # type: ignore[attr-defined]
         except (FileExistsError, PermissionError):
             pass  # exists, or a policy that allows PUT/GET only: the upload itself will tell
         except (OSError, Exception) as exc:
@@ -126,7 +133,7 @@ class S3Storage:
         reach. SigV4 URLs live at most 7 days (``expires`` <= 604800)."""
         try:
             return str(
-                self.fs.url(  # type: ignore[attr-defined]
+                (self.signer or self.fs).url(  # type: ignore[attr-defined]
                     self._path(key),
                     expires=expires,
                     ResponseContentDisposition=f'attachment; filename="{filename}"',
@@ -151,36 +158,47 @@ def open_storage(settings: Settings) -> LocalStorage | S3Storage:
             raise ConfigurationError(
                 "S3 storage needs STUDYPUB_STORAGE__ACCESS_KEY_ID and STUDYPUB_STORAGE__SECRET_ACCESS_KEY"
             )
-        import s3fs
-
-        client_kwargs: dict[str, str] = {"region_name": s.region}
-        if s.endpoint_url:
-            client_kwargs["endpoint_url"] = s.endpoint_url
-        fs = s3fs.S3FileSystem(
-            key=s.access_key_id.get_secret_value(),
-            secret=s.secret_access_key.get_secret_value(),
-            client_kwargs=client_kwargs,
-            # SigV4 for presigned URLs too (botocore would presign with the deprecated SigV2).
-            config_kwargs={
-                "retries": {"max_attempts": 2, "mode": "standard"},
-                "connect_timeout": 10,
-                "signature_version": "s3v4",
-            },
-            use_listings_cache=False,
-            skip_instance_cache=True,
-        )
-        # s3fs retries connection errors 5 times on top of botocore; the upload step's own retries (with
-        # backoff, visible in Prefect) are the ones that should wait for storage to come back.
-        fs.retries = 2
         prefix = parsed.path.strip("/")
+        fs = _s3_filesystem(settings, s.endpoint_url)
+        # Download URLs are signed locally (no request) for the address patients reach, when it differs.
+        signer = _s3_filesystem(settings, s.public_endpoint_url) if s.public_endpoint_url else fs
         return S3Storage(
             url=url,
             bucket=parsed.netloc,
             prefix=f"{prefix}/" if prefix else "",
             fs=fs,
             part_size=s.upload_part_size,
+            signer=signer,
+            region=s.region,
         )
     raise ConfigurationError(f"Unsupported storage URL scheme {parsed.scheme!r}: use s3:// or file://")
+
+
+def _s3_filesystem(settings: Settings, endpoint_url: str | None) -> object:
+    import s3fs
+
+    s = settings.storage
+    assert s.access_key_id is not None and s.secret_access_key is not None
+    client_kwargs: dict[str, str] = {"region_name": s.region}
+    if endpoint_url:
+        client_kwargs["endpoint_url"] = endpoint_url
+    fs = s3fs.S3FileSystem(
+        key=s.access_key_id.get_secret_value(),
+        secret=s.secret_access_key.get_secret_value(),
+        client_kwargs=client_kwargs,
+        # SigV4 for presigned URLs too (botocore would presign with the deprecated SigV2).
+        config_kwargs={
+            "retries": {"max_attempts": 2, "mode": "standard"},
+            "connect_timeout": 10,
+            "signature_version": "s3v4",
+        },
+        use_listings_cache=False,
+        skip_instance_cache=True,
+    )
+    # s3fs retries connection errors 5 times on top of botocore; the upload step's own retries (with
+    # backoff, visible in Prefect) are the ones that should wait for storage to come back.
+    fs.retries = 2
+    return fs
 
 
 def disk_free_bytes(path: Path) -> int:

@@ -1,0 +1,32 @@
+# One image for every process of StudyPublicator: the API/dashboard, the worker (Storage SCP + deployments),
+# the Prefect server, and the commands (migrate, create-user, backup...). See docker-compose.yml.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    STUDYPUB_WORK_DIR=/var/lib/studypub
+
+# pg_dump/pg_restore for `studypub backup` / `studypub restore`.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY studypub ./studypub
+COPY flows ./flows
+COPY tasks ./tasks
+COPY api ./api
+COPY dashboard ./dashboard
+COPY deployments ./deployments
+COPY prefect.yaml ./
+RUN pip install -c constraints.txt .
+
+RUN useradd --system --uid 10001 --home-dir /var/lib/studypub --create-home studypub \
+    && mkdir -p /certs /backups && chown studypub /certs /backups
+USER studypub
+
+EXPOSE 8000 11113
+CMD ["studypub", "api", "--host", "0.0.0.0"]

@@ -1,0 +1,50 @@
+"""Liveness and readiness, for Docker health checks, load balancers and people."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from studypub.overrides import effective_settings
+from studypub.readiness import readiness
+
+router = APIRouter(tags=["operations"])
+
+CACHE_SECONDS = 2.0  # /ready is public: a flood of requests must not become a flood of C-ECHOs
+_lock = threading.Lock()
+
+
+@router.get("/health", summary="Liveness: the process answers")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: database, Prefect API, storage and PACS, each reported",
+    responses={503: {"description": "At least one dependency is down; each one's state is in the body."}},
+)
+def ready(request: Request) -> JSONResponse:
+    state = request.app.state
+    with _lock:
+        cached: tuple[float, dict[str, Any]] | None = getattr(state, "ready_answer", None)
+        if cached is None or time.monotonic() - cached[0] > CACHE_SECONDS:
+            settings = state.settings
+            try:
+                with state.sessions() as session:
+                    settings = effective_settings(session, settings)  # the PACS the dashboard chose
+            except Exception:  # noqa: S110 - the database check below reports it
+                pass
+            checks = readiness(settings)
+            body = {
+                "status": "ready" if all(c.ok for c in checks.values()) else "not ready",
+                "checks": {name: check.as_dict() for name, check in checks.items()},
+            }
+            cached = (time.monotonic(), body)
+            state.ready_answer = cached
+    body = cached[1]
+    return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
