@@ -39,6 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = get_sessionmaker(settings)
         with app.state.sessions() as session:
             ensure_first_admin(session, settings)
+        # Prefect's client is imported here, once, before any thread needs it: the dispatcher thread and a
+        # request thread (the dashboard's Retry, /ready) importing it at the same moment deadlock on
+        # Python's module locks (seen: _DeadlockError on prefect.client.schemas.filters).
+        import prefect.client.orchestration
+        import prefect.client.schemas.filters
+        import prefect.exceptions
+        import prefect.states  # noqa: F401
+
         app.state.dispatcher = Dispatcher(app.state.sessions, interval=settings.api.dispatch_interval)
         app.state.dispatcher.start()
         try:

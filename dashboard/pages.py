@@ -7,10 +7,12 @@ Unsafe methods pass the CSRF check (router dependency). Plain ``def`` routes: th
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
@@ -53,6 +55,10 @@ from studypub.users import (
 router = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[CsrfChecked])
 
 Text = Annotated[str, Form()]
+UserId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1)]
+
+
+KEY_NAME = re.compile(r"^[\w .-]{1,64}$")
 
 
 def _client_address(request: Request) -> str:
@@ -84,9 +90,12 @@ def _parse_day(value: str | None, field: str) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise ValidationError(f"{field}: not a date (YYYY-MM-DD)") from None
+    if not 1900 <= day.year <= 2200:
+        raise ValidationError(f"{field}: a year between 1900 and 2200")
+    return day
 
 
 # Sign-in -----------------------------------------------------------------------------------------------------
@@ -234,8 +243,9 @@ def publish(
             if not 1 <= days <= effective.links.max_retention_days:
                 errors["retention_days"] = "form.retention_range"
             else:
+                # The end of the N-th day from today, in the clinic's zone (as extending to a date does).
                 save_till = datetime.combine(
-                    datetime.now(zone(settings)).date() + timedelta(days=days), time.min, tzinfo=zone(settings)
+                    datetime.now(zone(settings)).date() + timedelta(days=days), time(23, 59), tzinfo=zone(settings)
                 )
     if errors:
         session.commit()
@@ -495,25 +505,25 @@ def users_create(
 
 
 @router.post("/users/{user_id}/password")
-def users_password(user_id: int, user: AdminUser, session: SessionDep, password: Text = "") -> Response:
+def users_password(user_id: UserId, user: AdminUser, session: SessionDep, password: Text = "") -> Response:
     set_password(session, user_id, password, actor=_actor(user))
     return redirect(f"{PREFIX}/users?done=password")
 
 
 @router.post("/users/{user_id}/role")
-def users_role(user_id: int, user: AdminUser, session: SessionDep, role: Text = "") -> Response:
+def users_role(user_id: UserId, user: AdminUser, session: SessionDep, role: Text = "") -> Response:
     set_role(session, user_id, role, actor=_actor(user))
     return redirect(f"{PREFIX}/users?done=role")
 
 
 @router.post("/users/{user_id}/disable")
-def users_disable(user_id: int, user: AdminUser, session: SessionDep) -> Response:
+def users_disable(user_id: UserId, user: AdminUser, session: SessionDep) -> Response:
     set_disabled(session, user_id, True, actor=_actor(user))
     return redirect(f"{PREFIX}/users?done=disabled")
 
 
 @router.post("/users/{user_id}/enable")
-def users_enable(user_id: int, user: AdminUser, session: SessionDep) -> Response:
+def users_enable(user_id: UserId, user: AdminUser, session: SessionDep) -> Response:
     set_disabled(session, user_id, False, actor=_actor(user))
     return redirect(f"{PREFIX}/users?done=enabled")
 
@@ -540,6 +550,10 @@ def keys_create(
     new_key = None
     error = None
     try:
+        if not KEY_NAME.match(name.strip()):
+            raise ValidationError("the name must be 1–64 letters, digits, spaces or . _ -")
+        if len(clinic_code.strip()) > 64:
+            raise ValidationError("the clinic code must be at most 64 characters")
         _, new_key = create_key(session, name.strip(), clinic_code=clinic_code.strip() or None, actor=_actor(user))
     except StudyPubError as exc:
         error = exc.reason

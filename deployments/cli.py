@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r2 = sub.add_parser("restore", help="load a dump into the app's database (or the one given) and migrate it")
     r2.add_argument("file", type=Path)
-    r2.add_argument("--database-url", help="another database, e.g. Prefect's (then not migrated)")
+    target = r2.add_mutually_exclusive_group()
+    target.add_argument("--database-url", help="another database (then not migrated)")
+    target.add_argument(
+        "--prefect", action="store_true", help="into Prefect's database (PREFECT_API_DATABASE_CONNECTION_URL)"
+    )
     tls = sub.add_parser(
         "tls-cert", help="write a self-signed certificate for the reverse proxy unless one is there (first start)"
     )
@@ -362,6 +366,12 @@ def cmd_restore(args: argparse.Namespace, out: IO[str]) -> int:
     from studypub.errors import StudyPubError
 
     settings = _settings()
+    if args.prefect:
+        args.database_url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or ""
+    if args.database_url is not None and not args.database_url.strip():
+        # An unset shell variable must not silently mean "the app's database" (pg_restore --clean replaces it).
+        _emit(out, {"status": "FAILED", "reason": "the target database URL is empty"})
+        return EXIT_FAILED
     target = args.database_url or settings.database_url_resolved
     try:
         restore(args.file, target)

@@ -30,10 +30,11 @@ class Check:
 
 
 def _reason(exc: BaseException) -> str:
+    """The kind of failure only: /ready is public, and messages may name internal hosts (the PACS's address)."""
     from studypub.errors import StudyPubError
 
     if isinstance(exc, StudyPubError):
-        return exc.reason
+        return exc.code
     return type(exc).__name__
 
 

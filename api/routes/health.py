@@ -30,9 +30,12 @@ def health() -> dict[str, str]:
 )
 def ready(request: Request) -> JSONResponse:
     state = request.app.state
-    with _lock:
-        cached: tuple[float, dict[str, Any]] | None = getattr(state, "ready_answer", None)
-        if cached is None or time.monotonic() - cached[0] > CACHE_SECONDS:
+    cached: tuple[float, dict[str, Any]] | None = getattr(state, "ready_answer", None)
+    fresh = cached is not None and time.monotonic() - cached[0] <= CACHE_SECONDS
+    # One check at a time; requests meanwhile get the last answer instead of queueing (a flood of /ready
+    # must not take the worker threads the link pages and the MIS need).
+    if not fresh and _lock.acquire(blocking=cached is None):
+        try:
             settings = state.settings
             try:
                 with state.sessions() as session:
@@ -46,5 +49,8 @@ def ready(request: Request) -> JSONResponse:
             }
             cached = (time.monotonic(), body)
             state.ready_answer = cached
+        finally:
+            _lock.release()
+    cached = cached or state.ready_answer
     body = cached[1]
     return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)

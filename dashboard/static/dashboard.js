@@ -34,7 +34,8 @@
   var url = table.getAttribute("data-poll");
   var locale = document.body.getAttribute("data-locale") || "ru";
   var labels = JSON.parse(document.getElementById("status-labels").textContent);
-  var when = new Intl.DateTimeFormat(locale, { dateStyle: "short", timeStyle: "short" });
+  var zone = document.body.getAttribute("data-tz") || undefined;  // the clinic's, as the server renders
+  var when = new Intl.DateTimeFormat(locale, { dateStyle: "short", timeStyle: "short", timeZone: zone });
   var size = function (bytes) {
     if (!bytes) return "";
     var units = ["B", "kB", "MB", "GB"], value = bytes, i = 0;

@@ -145,6 +145,7 @@ def make_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.pacs.acse_timeout
     ae.dimse_timeout = settings.pacs.dimse_timeout
     ae.network_timeout = settings.pacs.network_timeout
+    ae.connection_timeout = settings.pacs.acse_timeout  # TCP connect: a PACS that drops packets fails in time
     return ae
 
 

@@ -82,6 +82,18 @@ def test_backup_and_restore_into_a_fresh_database(db_url: str, api_server: Any, 
             drop(target)
 
 
+def test_restore_refuses_an_empty_target(tmp_path: Path) -> None:
+    """An unset shell variable in `--database-url "$X"` must not mean the app's database."""
+    dump_file = tmp_path / "prefect-x.dump"
+    dump_file.write_bytes(b"not used")
+    for args in (["--database-url", ""], ["--prefect"]):
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"}
+        out = subprocess.run(
+            [str(STUDYPUB), "restore", str(dump_file), *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 1 and json.loads(out.stdout)["reason"] == "the target database URL is empty"
+
+
 def test_a_failed_dump_says_why(tmp_path: Path) -> None:
     env = dict(os.environ, STUDYPUB_DATABASE__URL="postgresql+psycopg2://nobody:x@127.0.0.1:9/none")
     out = subprocess.run(

@@ -530,6 +530,8 @@ def test_published_list_filters_sorts_and_pages(db_url: str, dashboard: Any) -> 
         assert len(_column(recent.text, "size")) == 5
         bad = b.get("/dashboard/published", params={"upload_from": "yesterday"})
         assert bad.status_code == 422 and "upload_from" in bad.text
+        far = b.get("/dashboard/published", params={"upload_to": "9999-12-31", "study_from": "0001-01-01"})
+        assert far.status_code == 422 and "between 1900 and 2200" in far.text
 
 
 # --- extension, revocation, audit ----------------------------------------------------------------------------
@@ -601,9 +603,14 @@ def test_users_and_keys_administration(db_url: str, dashboard: Any) -> None:
         assert admin.post(f"/dashboard/users/{ids['desk']}/role", {"role": "administrator"}).status_code == 303
         assert admin.post(f"/dashboard/users/{ids['desk']}/role", {"role": "root"}).status_code == 422
         assert admin.post(f"/dashboard/users/{ids['desk']}/role", {"role": "registrator"}).status_code == 303
+        assert admin.post(f"/dashboard/users/{2**40}/disable").status_code == 422
+        assert admin.post("/dashboard/users/0/disable").status_code == 422
         last = admin.post(f"/dashboard/users/{ids['admin']}/disable")
         assert last.status_code == 409 and "last administrator" in last.text
 
+        slash = admin.post("/dashboard/api-keys", {"name": "a/b"})
+        assert slash.status_code == 422 and 'id="newkey"' not in slash.text
+        assert admin.post("/dashboard/api-keys", {"name": "long", "clinic_code": "c" * 65}).status_code == 422
         created = admin.post("/dashboard/api-keys", {"name": "mis-main", "clinic_code": "f_Khimki"})
         assert created.status_code == 200
         key = re.search(r'id="newkey" class="mono" aria-label="API key"|value="(sp_[^"]+)"', created.text)

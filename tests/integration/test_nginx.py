@@ -91,5 +91,12 @@ def test_everything_goes_through_nginx_with_tls(
             assert got.status_code == 200 and got.content == seeded.archive
             assert client.put(url, content=b"overwrite").status_code == 403
             assert client.delete(url).status_code == 403
+            client.get(f"{base}/dashboard/published", params={"pid": "PID-IN-A-QUERY"})
+
+        # The access log has every request, but no link key, query string or signature.
+        logged = nginx.access_log.read_text()
+        assert '"GET /s/KEY/download" 206' in logged and '"GET /dashboard/published"' in logged
+        for secret in (seeded.link_key, "PID-IN-A-QUERY", "X-Amz-Signature", "pid="):
+            assert secret not in logged, secret
     finally:
         nginx.stop()

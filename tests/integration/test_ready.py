@@ -83,6 +83,7 @@ def test_ready_reports_each_dependency_down_and_back(
         body = wait_for(down, 60, f"{name} reported down")
         assert body["status"] == "not ready" and body["checks"][name]["reason"]
         assert "testing-secret" not in str(body)
+        assert str(proxy.port) not in str(body)  # no internal address in a public answer
         others = {n: c["status"] for n, c in body["checks"].items() if n != name}
         assert set(others.values()) == {"ok"}, (name, body)
         proxy.start()

@@ -37,6 +37,10 @@ class NginxServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def access_log(self) -> Path:
+        return self.prefix / "logs" / "access.log"
+
+    @property
     def cert(self) -> Path:
         return self.certs / "tls.crt"
 
@@ -48,7 +52,8 @@ class NginxServer:
         self_signed(self.certs, [LOOPBACK, "localhost"])
         for sub in ("logs", "temp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
-        site = render(TEMPLATE.read_text(), {**self.ports, **self.upstreams, "TLS_DIR": str(self.certs)})
+        values = {**self.ports, **self.upstreams, "TLS_DIR": str(self.certs), "ACCESS_LOG": str(self.access_log)}
+        site = render(TEMPLATE.read_text(), values)
         site = site.replace("listen ", f"listen {LOOPBACK}:")
         (self.prefix / "studypub.conf").write_text(site)
         temp = self.prefix / "temp"
@@ -59,7 +64,6 @@ class NginxServer:
             "events { worker_connections 256; }\n"
             "http {\n"
             "  include /etc/nginx/mime.types;\n"
-            f"  access_log {self.prefix}/logs/access.log;\n"
             + "".join(f"  {kind}_temp_path {temp}/{kind};\n" for kind in TEMP_KINDS)
             + f"  include {self.prefix}/studypub.conf;\n}}\n"
         )
