@@ -27,6 +27,7 @@ from dashboard.auth import (
 from dashboard.render import PREFIX, redirect, render, secure_headers, zone
 from studypub.apikeys import create_key, list_keys, revoke_key
 from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
+from studypub.links import rate_limit_key
 from studypub.models import ManualRequest, Task, TaskStatus, User
 from studypub.overrides import OVERRIDABLE, current_values, effective_settings, save_overrides
 from studypub.publications import (
@@ -62,7 +63,8 @@ KEY_NAME = re.compile(r"^[\w .-]{1,64}$")
 
 
 def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """Whom sign-in attempts count: an IPv4 address or an IPv6 /64 (a client cannot rotate within its /64)."""
+    return rate_limit_key(request.client.host if request.client else None)
 
 
 def _safe_next(value: str | None) -> str:

@@ -117,14 +117,16 @@ def list_users(session: Session) -> list[User]:
 
 
 def _administrators_left(session: Session, excluding: int) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(User)
-            .where(User.role == Role.ADMINISTRATOR.value, User.disabled.is_(False), User.id != excluding)
-        )
-        or 0
-    )
+    """Enabled administrators other than ``excluding``. Their rows stay locked until the commit (PostgreSQL), so
+    two administrators demoting or disabling each other at once cannot leave none: the second one waits, then
+    counts again."""
+    admins = session.scalars(  # all of them, in one order: concurrent changes queue instead of deadlocking
+        select(User.id)
+        .where(User.role == Role.ADMINISTRATOR.value, User.disabled.is_(False))
+        .order_by(User.id)
+        .with_for_update()
+    ).all()
+    return sum(1 for user_id in admins if user_id != excluding)
 
 
 def _changed(user: User, now: datetime) -> None:

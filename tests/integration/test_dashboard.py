@@ -680,3 +680,49 @@ def test_pages_speak_russian_and_english(db_url: str, dashboard: Any) -> None:
         assert "Published studies" in switched.text
         remembered = b.get("/dashboard/publish", headers={"Accept-Language": "ru"})
         assert "Publish a study" in remembered.text
+
+
+def test_two_administrators_demoting_each_other_leave_one(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last-administrator rule holds under a race (PostgreSQL row locks): of two administrators demoting
+    each other at the same moment, one succeeds and the other is refused."""
+    import threading
+
+    from sqlalchemy import select
+
+    from studypub.db import migrate
+    from studypub.errors import Conflict
+    from studypub.models import User
+    from studypub.settings import get_settings
+    from studypub.users import Role, set_role
+
+    monkeypatch.setenv("STUDYPUB_DATABASE__URL", pg_database)
+    get_settings.cache_clear()
+    migrate()
+    with db() as session:
+        session.execute(User.__table__.delete())
+        session.commit()
+    first, second = make_user("adm1", "administrator"), make_user("adm2", "administrator")
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def demote(target: int, actor: str) -> None:
+        with db() as session:
+            barrier.wait()
+            try:
+                set_role(session, target, Role.REGISTRATOR, actor=actor)
+                outcomes.append("demoted")
+            except Conflict:
+                outcomes.append("refused")
+
+    threads = [
+        threading.Thread(target=demote, args=(first, "adm2")),
+        threading.Thread(target=demote, args=(second, "adm1")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["demoted", "refused"]
+    with db() as session:
+        roles = session.scalars(select(User.role).where(User.username.in_(["adm1", "adm2"]))).all()
+    assert sorted(roles) == ["administrator", "registrator"]
