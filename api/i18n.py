@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from babel import Locale
@@ -22,6 +23,7 @@ from babel.core import negotiate_locale
 from babel.dates import format_date, format_time, get_timezone_gmt
 from babel.numbers import format_decimal
 from babel.units import format_unit
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -322,6 +324,17 @@ class Translator:
     def languages(self) -> list[tuple[str, str, bool]]:
         """The switch: (code, name in its own language, is this one)."""
         return [(code, LANGUAGE_NAMES.get(code, code), code == self.locale) for code in SUPPORTED_LOCALES]
+
+
+def template_environment(directory: Path) -> Environment:
+    """Jinja templates as every page here uses them: autoescaped HTML, undefined names are errors."""
+    return Environment(
+        loader=FileSystemLoader(directory),
+        autoescape=select_autoescape(("html",), default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 @lru_cache(maxsize=16)

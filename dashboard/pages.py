@@ -35,6 +35,7 @@ from studypub.publications import (
     audit,
     extend,
     get_task,
+    identifier_problem,
     link_url,
     republish,
     request_publication,
@@ -228,13 +229,8 @@ def publish(
     values = {"patient_id": patient_id, "accession_number": accession_number, "retention_days": retention_days}
     errors: dict[str, str] = {}
     for field, value in (("patient_id", patient_id), ("accession_number", accession_number)):
-        value = value.strip()
-        if not value:
-            errors[field] = "form.required"
-        elif len(value) > 64:
-            errors[field] = "form.too_long"
-        elif any(ord(c) < 32 or c in "\\*?" for c in value):
-            errors[field] = "form.bad_characters"
+        if problem := identifier_problem(value):  # the same rule as the MIS request's
+            errors[field] = f"form.{problem}"
     save_till = None
     if retention_days.strip():
         try:
@@ -285,6 +281,9 @@ def publish(
 # One publication ---------------------------------------------------------------------------------------------------
 
 
+DONE_MESSAGES = {"requested", "existing", "extended", "revoked", "retried", "republished"}
+
+
 def _task_or_404(session: Any, task_id: str) -> Task:
     return get_task(session, task_id[:36])
 
@@ -311,8 +310,6 @@ def task_page(
     session.commit()
     return render(request, "task.html", user=user, **data)
 
-
-DONE_MESSAGES = {"requested", "existing", "extended", "revoked", "retried", "republished"}
 
 
 @router.post("/tasks/{task_id}/extend")
@@ -455,12 +452,14 @@ def published_page(
         result=result,
         flt=flt,
         params=params,
-        sorts=list(queries.SORTS),
         published_statuses=[s.value for s in queries.PUBLISHED_STATUSES],
     )
 
 
 # Users and API keys (administrators) ----------------------------------------------------------------------------
+
+
+USER_DONE = {"created", "password", "role", "disabled", "enabled"}
 
 
 def _users_page(
@@ -484,8 +483,6 @@ def _users_page(
 def users_page(request: Request, user: AdminUser, session: SessionDep, done: str | None = None) -> Response:
     return _users_page(request, user, session, done=done)
 
-
-USER_DONE = {"created", "password", "role", "disabled", "enabled"}
 
 
 @router.post("/users")

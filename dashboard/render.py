@@ -10,11 +10,10 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_datetime
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from api.i18n import Translator, choose_locale, remember_locale, translator
+from api.i18n import Translator, choose_locale, remember_locale, template_environment, translator
 from dashboard.auth import csrf_nonce, csrf_token, set_csrf_cookie
 from studypub.models import User
 from studypub.settings import Settings
@@ -39,13 +38,7 @@ HEADERS = {
     "X-Robots-Tag": "noindex, nofollow",
 }
 
-_env = Environment(
-    loader=FileSystemLoader(TEMPLATES_DIR),
-    autoescape=select_autoescape(("html",), default=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_env = template_environment(TEMPLATES_DIR)
 
 
 def secure_headers(response: R) -> R:

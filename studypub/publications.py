@@ -62,15 +62,30 @@ def new_object_key() -> str:
     return f"archives/{secrets.token_hex(16)}.zip"
 
 
-def _validate_identifier(name: str, value: str) -> str:
+def identifier_problem(value: str) -> str | None:
+    """What is wrong with a PID or accession number (``required``, ``too_long``, ``bad_characters``), or None."""
     value = (value or "").strip()
     if not value:
-        raise ValidationError(f"{name} is required")
+        return "required"
     if len(value) > MAX_IDENTIFIER_LENGTH:
-        raise ValidationError(f"{name} is longer than {MAX_IDENTIFIER_LENGTH} characters")
+        return "too_long"
     if any(ord(c) < 32 or c in "\\*?" for c in value):
-        raise ValidationError(f"{name} contains characters that DICOM queries cannot carry")
-    return value
+        return "bad_characters"
+    return None
+
+
+_IDENTIFIER_PROBLEMS = {
+    "required": "is required",
+    "too_long": f"is longer than {MAX_IDENTIFIER_LENGTH} characters",
+    "bad_characters": "contains characters that DICOM queries cannot carry",
+}
+
+
+def _validate_identifier(name: str, value: str) -> str:
+    problem = identifier_problem(value)
+    if problem:
+        raise ValidationError(f"{name} {_IDENTIFIER_PROBLEMS[problem]}")
+    return value.strip()
 
 
 def resolve_save_till(settings: Settings, save_till: datetime | None, *, now: datetime | None = None) -> datetime:

@@ -25,7 +25,6 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -36,7 +35,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from api.deps import SessionDep, SettingsDep
-from api.i18n import Translator, choose_locale, remember_locale, translator
+from api.i18n import Translator, choose_locale, remember_locale, template_environment, translator
 from studypub.errors import StorageUnavailable
 from studypub.links import (
     Client,
@@ -72,13 +71,7 @@ HYGIENE_HEADERS: dict[str, str] = {
     "X-Frame-Options": "DENY",
 }
 
-_templates = Environment(
-    loader=FileSystemLoader(TEMPLATES_DIR),
-    autoescape=select_autoescape(("html",), default=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_templates = template_environment(TEMPLATES_DIR)
 
 
 def _apply_hygiene(headers: MutableHeaders) -> None:
