@@ -13,8 +13,8 @@ from fastapi import FastAPI
 
 import dashboard
 from api import errors
-from api.dispatch import Dispatcher
 from api.routes import health, links, publish
+from studypub.dispatch import Dispatcher
 from studypub.settings import Settings, get_settings
 
 DESCRIPTION = """

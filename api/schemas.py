@@ -102,7 +102,10 @@ class Publication(BaseModel):
                     "progress": {"received": None, "expected": None},
                     "size_bytes": None,
                     "instances": None,
-                    "reason": None,
+                    "waiting_for": None,
+                    "waiting_since": None,
+                    "next_attempt_at": None,
+                    "reason": "queued, next to start",
                 }
             ]
         }
@@ -118,7 +121,25 @@ class Publication(BaseModel):
     size_bytes: int | None = Field(None, description="Archive size, once uploaded.")
     instances: int | None = Field(None, description="Images in the archive.")
     withheld: int | None = Field(None, description="Images withheld because their pixels may show identity.")
-    reason: str | None = Field(None, description="Why it failed, or why its run has not started yet.")
+    waiting_for: str | None = Field(
+        None,
+        description=(
+            "What a publication that is not progressing waits for, beside its status: `interrupted` (its run "
+            "stopped; being resumed), `pacs` / `storage` (unreachable; retried with backoff), `study` (not in the "
+            "PACS yet; looked for again), `slot` (the PACS's retrieval slots are busy), `retry` (failed by an "
+            "outage; retried automatically at `next_attempt_at`), `prefect` (the run cannot be started yet). "
+            "None: progressing, or finished."
+        ),
+    )
+    waiting_since: datetime | None = Field(None, description="Since when it waits for that.")
+    next_attempt_at: datetime | None = Field(None, description="When it is tried again by itself.")
+    reason: str | None = Field(
+        None,
+        description=(
+            "In words: why it failed, what it waits for and since when, or its place in the queue "
+            '("queued, 3 ahead").'
+        ),
+    )
 
 
 class ErrorField(BaseModel):

@@ -142,7 +142,14 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
     from studypub.dicom.receiver import port_is_free, start_receiver
     from studypub.errors import ConfigurationError, PublicationError, ValidationError
     from studypub.models import TaskStatus
-    from studypub.publications import PublicationRequest, fail, get_task, request_publication, result_view
+    from studypub.publications import (
+        PublicationRequest,
+        fail,
+        fail_unstarted,
+        get_task,
+        request_publication,
+        result_view,
+    )
     from studypub.storage import open_storage
 
     settings = _settings()
@@ -189,27 +196,26 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
         time.sleep(1)
         task = current()
     if task.status != TaskStatus.COMPLETED:
-        from flows.publish import ensure_prefect_objects, publish_study
+        from flows.publish import publish_study
 
         server = None
         if settings.pacs.retrieve_method == "move" and port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
             server = start_receiver(settings)
         try:
-            ensure_prefect_objects(settings)
             publish_study(task_id)
         except Exception as exc:
             # The flow records its own failures on the task. One that never started (Prefect unreachable, ...)
             # is recorded here, so the reason is visible; the exception type only (no message: no PHI).
+            reason = (
+                f"the publication run could not start or finish ({type(exc).__name__}); "
+                "check that the Prefect API (PREFECT_API_URL) is reachable"
+            )
             with sessions() as session:
-                if get_task(session, task_id).status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
-                    fail(
-                        session,
-                        task_id,
-                        PublicationError(
-                            f"the publication run could not start or finish ({type(exc).__name__}); "
-                            "check that the Prefect API (PREFECT_API_URL) is reachable"
-                        ),
-                    )
+                task = get_task(session, task_id)
+                if task.status == TaskStatus.RUNNING:
+                    fail(session, settings, task_id, PublicationError(reason))
+                elif task.status == TaskStatus.QUEUED and task.waiting_for is None:
+                    fail_unstarted(session, task_id, task.flow_run_id, reason)
         finally:
             if server is not None:
                 linger_while_others_retrieve(settings, args.wait_timeout)

@@ -2,7 +2,12 @@
 C-MOVE destination) and serves, from one ``serve()`` call, the ``publish`` deployment (runs started through
 it, and an operator's "Retry" in the Prefect UI, execute here) and the ``retention`` deployment on its cron
 schedule (one run at a time; a run due while one is still going is cancelled). Stopping the worker pauses
-the schedule until it starts again. Stops cleanly on SIGINT/SIGTERM."""
+the schedule until it starts again. Stops cleanly on SIGINT/SIGTERM.
+
+Nobody watches a small clinic's worker, so it heals what it can by itself: its watchdog resumes publications
+whose run died and starts the ones whose next attempt is due, and its own dispatcher starts queued runs even
+while the API is down. It runs at most ``runs.max_concurrent`` publications at once (each is a process of
+~200 MiB); the rest wait in Prefect's queue and say so ("queued, 3 ahead")."""
 
 from __future__ import annotations
 
@@ -60,18 +65,26 @@ def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
     from prefect import serve
 
-    from flows.publish import ensure_prefect_objects
-    from studypub.db import migrate
+    from studypub.db import get_sessionmaker, migrate
     from studypub.dicom.receiver import port_is_free, start_receiver
+    from studypub.dispatch import Dispatcher
+    from studypub.watchdog import Watchdog
 
     migrate(settings)
-    ensure_prefect_objects(settings)
     prepare_storage(settings)
     receiver = None
     if settings.pacs.retrieve_method == "move":
         if not port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
             raise SystemExit(f"port {settings.pacs.scp_port} (Storage SCP) is taken: is another worker running?")
         receiver = start_receiver(settings)
+    sessions = get_sessionmaker(settings)
+    dispatcher = Dispatcher(sessions, interval=settings.api.dispatch_interval)
+    watchdog = Watchdog(sessions, settings, on_work=dispatcher.wake)
+    dispatcher.start()
+    watchdog.start()
+    # The publications a worker runs at once, plus one for retention (it must never wait behind them).
+    limit = limit or settings.runs.concurrent_runs() + 1
+    log.info("Worker ready", extra={"details": {"max_concurrent_runs": limit}})
     try:
         serve(
             *runner_deployments(settings),
@@ -79,6 +92,8 @@ def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
             print_starting_message=False,
         )
     finally:
+        watchdog.stop()
+        dispatcher.stop()
         if receiver is not None:
             receiver.shutdown()
 

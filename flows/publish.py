@@ -3,13 +3,20 @@
 The flow only orchestrates. Its one parameter is the task id: the PID and accession stay in the app's
 database. Retrieve, anonymise, zip and upload are separate retryable tasks that run at the same time, each
 following the previous one's output in the work folder (instances are anonymised as they arrive, the archive
-is uploaded as it is written). A run that failed and runs again (a retry from the Prefect UI, or the same
-request again) resumes after the last step whose output is still there; the link key and the object key were
-fixed with the request, so nothing is ever published twice.
+is uploaded as it is written). A run that failed and runs again (a retry from the Prefect UI, the same
+request again, or a new run the worker's watchdog starts after this one died) resumes after the last step
+whose output is still there; the link key and the object key were fixed with the request, so nothing is ever
+published twice.
+
+A run holds its publication under a lease it renews; a run that finds its lease taken over (it stopped
+renewing long enough for the watchdog to resume the publication elsewhere) ends its process at once, as if
+killed, so two runs never work on one publication. A study that is not in the PACS yet ends the run and the
+publication waits for it (holding no process and no slot).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import uuid
@@ -23,11 +30,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from studypub.db import get_sessionmaker
-from studypub.errors import Aborted, PublicationError
+from studypub.errors import Aborted, PublicationError, StudyNotFound
 from studypub.logs import details, get_logger
 from studypub.models import Step, TaskStatus
 from studypub.publications import (
-    LEASE_SECONDS,
     claim,
     drop_checkpoints,
     fail,
@@ -35,6 +41,7 @@ from studypub.publications import (
     renew_lease,
     result_view,
     set_flow_run,
+    wait_for_study,
 )
 from studypub.settings import Settings, get_settings
 from studypub.spool import WorkPaths, clear_abort, clear_done, read_done, signal_abort, work_paths
@@ -42,7 +49,7 @@ from tasks.anonymise import anonymise
 from tasks.archive import archive
 from tasks.find import find
 from tasks.link import link
-from tasks.retrieve import RETRIEVE_LIMIT, retrieve
+from tasks.retrieve import retrieve
 from tasks.upload import upload
 
 log = get_logger("flows.publish")
@@ -116,19 +123,37 @@ def run_pipeline(settings: Settings, task_id: str, steps: list[Step], paths: Wor
         raise root
 
 
+LOST_LEASE_EXIT = 70
+RENEW_RETRY_SECONDS = 2.0
+
+
 @contextmanager
 def leased(settings: Settings, task_id: str, owner: str) -> Iterator[None]:
-    """Keep the task's lease alive while this run works on it (a crashed run's lease expires)."""
+    """Keep the publication's lease alive while this run works on it (a dead run's lease expires and the
+    watchdog resumes the publication). A run that finds its lease taken over ends its process at once."""
     stop = threading.Event()
     sessions = get_sessionmaker(settings)
+    period = settings.runs.lease_seconds / 4
 
     def beat() -> None:
-        while not stop.wait(LEASE_SECONDS / 4):
+        wait = period
+        while not stop.wait(wait):
             try:
                 with sessions() as session:
-                    renew_lease(session, task_id, owner)
-            except Exception:  # a database blip must not end the heartbeat; the next beat tries again
+                    if renew_lease(session, task_id, owner, lease_seconds=settings.runs.lease_seconds):
+                        wait = period
+                        continue
+                    if stop.is_set() or get_task(session, task_id).status == TaskStatus.COMPLETED:
+                        return  # this run just finished it
+            except Exception:  # a database blip: try again soon (the lease has four beats of margin)
                 log.warning("Could not renew the publication's lease", extra=details(task_id=task_id))
+                wait = RENEW_RETRY_SECONDS
+                continue
+            log.error(
+                "This run lost its publication to a newer run (it stopped renewing its lease); stopping",
+                extra=details(task_id=task_id),
+            )
+            os._exit(LOST_LEASE_EXIT)
 
     thread = threading.Thread(target=beat, name="lease", daemon=True)
     thread.start()
@@ -155,13 +180,14 @@ def _mark_ended(reason: str, code: str) -> Any:
         if not task_id:
             return
         settings = get_settings()
-        paths = work_paths(settings.work_dir, task_id)
-        signal_abort(paths, reason)
-        paths.remove_identifiable()
         with get_sessionmaker(settings)() as session:
             task = get_task(session, task_id)
-            if task.status == TaskStatus.RUNNING:
-                fail(session, task_id, PublicationError(reason, code=code))
+            if task.status != TaskStatus.RUNNING or task.lease_owner != str(flow_run.id):
+                return  # another run holds it now (the watchdog resumed it): its folder is not ours to touch
+            paths = work_paths(settings.work_dir, task_id)
+            signal_abort(paths, reason)
+            paths.remove_identifiable()
+            fail(session, settings, task_id, PublicationError(reason, code=code), owner=str(flow_run.id))
 
     return hook
 
@@ -173,7 +199,7 @@ def _mark_ended(reason: str, code: str) -> Any:
     persist_result=False,
     log_prints=False,
     on_cancellation=[_mark_ended("the run was cancelled in Prefect", "cancelled")],
-    on_crashed=[_mark_ended("the run crashed; operators: see the Prefect run", "crashed")],
+    on_crashed=[_mark_ended("the run crashed; it is retried automatically", "crashed")],
 )
 def publish_study(task_id: str) -> dict[str, Any]:
     """Publish one study. Returns the task's id, status and sizes (no identifiers)."""
@@ -186,7 +212,7 @@ def publish_study(task_id: str) -> dict[str, Any]:
         if task.status in (TaskStatus.COMPLETED, TaskStatus.EXPIRED, TaskStatus.DELETED):
             # Done, or revoked/expired while the run waited: nothing to do (never publish a deleted study).
             return _summary(session, settings, task_id)
-        if not claim(session, task_id, owner):
+        if not claim(session, task_id, owner, lease_seconds=settings.runs.lease_seconds):
             raise PublicationError("this publication is already being processed by another run")
         set_flow_run(session, task_id, flow_run_id)
         checkpoints = dict(get_task(session, task_id).checkpoints or {})
@@ -199,28 +225,34 @@ def publish_study(task_id: str) -> dict[str, Any]:
             if steps:
                 reset_outputs(paths, steps)
                 if Step.RETRIEVE in steps and Step.FIND.value not in checkpoints:
-                    find.with_options(
-                        retries=settings.pacs.find_attempts - 1,
-                        retry_delay_seconds=settings.pacs.find_retry_delay,
-                    )(task_id)
+                    try:
+                        find(task_id)
+                    except StudyNotFound:
+                        with sessions() as session:
+                            if wait_for_study(session, settings, task_id, owner=owner):
+                                log.info("Waiting for the study to reach the PACS", extra=details(task_id=task_id))
+                                return _summary(session, settings, task_id)
+                        raise
                 run_pipeline(settings, task_id, steps, paths)
-            link(task_id)
+            link(task_id, owner)
     except BaseException as exc:
-        signal_abort(paths, "the publication failed")
-        paths.remove_identifiable()
         with sessions() as session:
-            task = fail(session, task_id, exc)
-            log.error(
-                f"Study {task.accession_number} failed",
-                extra=details(
-                    pid=task.patient_id,
-                    acsn=task.accession_number,
-                    status=TaskStatus.FAILED,
-                    step=task.step,
-                    task_id=task_id,
-                    error_code=task.error_code,
-                ),
-            )
+            task = get_task(session, task_id)
+            if task.status == TaskStatus.RUNNING and task.lease_owner == owner:
+                signal_abort(paths, "the publication failed")
+                paths.remove_identifiable()
+                task = fail(session, settings, task_id, exc, owner=owner)
+                log.error(
+                    f"Study {task.accession_number} failed",
+                    extra=details(
+                        pid=task.patient_id,
+                        acsn=task.accession_number,
+                        status=task.status,
+                        step=task.step,
+                        task_id=task_id,
+                        error_code=task.error_code,
+                    ),
+                )
         raise
     with sessions() as session:
         return _summary(session, settings, task_id)
@@ -229,12 +261,3 @@ def publish_study(task_id: str) -> dict[str, Any]:
 def _summary(session: Any, settings: Settings, task_id: str) -> dict[str, Any]:
     view = result_view(session, settings, get_task(session, task_id))
     return {k: view[k] for k in ("task_id", "status", "step", "size_bytes", "instances", "withheld")}
-
-
-def ensure_prefect_objects(settings: Settings | None = None) -> None:
-    """Create what the flow relies on in Prefect: the retrieval concurrency limit (start-up work)."""
-    from prefect.client.orchestration import get_client
-
-    s = settings or get_settings()
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(RETRIEVE_LIMIT, s.pacs.max_concurrent_retrievals)

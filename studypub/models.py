@@ -114,6 +114,14 @@ class Task(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None]
     flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    # What a publication that is not progressing waits for (see studypub.lifecycle.Waiting), since when, and
+    # when it is tried again by itself; ``reason`` says it in words.
+    waiting_for: Mapped[str | None] = mapped_column(String(16))
+    waiting_since: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    progress_at: Mapped[datetime | None]  # the run's last sign of progress (a step, an instance received)
+    resumes: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))  # interrupted runs in a row
+    first_failed_at: Mapped[datetime | None]  # automatic retries stop some time after this
     # Recorded by the API/dashboard and not yet handed to Prefect (the dispatcher starts its run).
     dispatch_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     requeues: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))  # a new run each time
@@ -157,12 +165,31 @@ class Task(Base):
             postgresql_where=text("dispatch_pending"),
         ),
         Index("ix_tasks_accession", "accession_number"),
+        Index(
+            "ix_tasks_next_attempt_at",
+            "next_attempt_at",
+            sqlite_where=text("next_attempt_at IS NOT NULL"),
+            postgresql_where=text("next_attempt_at IS NOT NULL"),
+        ),
         # The published list sorts by these (then by id, for a stable page order) and filters by the first.
         Index("ix_tasks_save_till", "save_till", "id"),
         Index("ix_tasks_patient", "patient_id", "id"),
         Index("ix_tasks_study_date", "study_date", "id"),
         Index("ix_tasks_emk_record_id", "emk_record_id", "id"),
     )
+
+
+class SlotLease(Base):
+    """One slot of a limited resource (the retrievals a PACS takes at once), leased for a while by its holder
+    and renewed by it. A holder that dies stops renewing, and the slot is free again when the lease runs out:
+    no server restart or killed process can keep a slot taken."""
+
+    __tablename__ = "slot_leases"
+
+    pool: Mapped[str] = mapped_column(String(128), primary_key=True)  # e.g. "pacs:<host>:<port>:<ae>"
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
 
 
 class TaskStep(Base):

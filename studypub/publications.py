@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from studypub.errors import Conflict, Gone, NotFound, StudyPubError, ValidationError
+from studypub.errors import Conflict, Gone, NotFound, PublicationError, StudyPubError, ValidationError
+from studypub.lifecycle import NOT_WAITING, Event, Waiting, move, waiting
 from studypub.models import (
     ACTIVE_STATUSES,
     STEP_ORDER,
@@ -32,7 +33,6 @@ from studypub.models import (
 )
 from studypub.settings import Settings
 
-LEASE_SECONDS = 120
 MAX_IDENTIFIER_LENGTH = 64
 
 
@@ -169,40 +169,56 @@ def _expire_if_due(session: Session, task: Task) -> bool:
     now = utcnow()
     if task.save_till > now or task.status == TaskStatus.RUNNING:
         return False
-    result = session.execute(
-        update(Task)
-        .where(Task.id == task.id, Task.status == task.status, Task.save_till <= now)
-        .values(status=TaskStatus.EXPIRED, dispatch_pending=False, updated_at=now)
-        .execution_options(synchronize_session=False)
+    move(
+        session,
+        task.id,
+        Event.EXPIRE,
+        where=[Task.save_till <= now],
+        values={"dispatch_pending": False, **NOT_WAITING, "next_attempt_at": None},
+        action="publication.expired",
     )
-    if getattr(result, "rowcount", 0):
-        audit(session, actor="system", action="publication.expired", task=task)
     session.commit()
     session.expire(task)
     return True
 
 
-def requeue(session: Session, task_id: str, *, actor: str) -> bool:
-    """Ask for a new run of a FAILED publication (same task, same link). False when it is not failed (another
-    request got there first, or it is running). The dispatcher starts the run."""
-    now = utcnow()
-    result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.status == TaskStatus.FAILED)
-        .values(
-            status=TaskStatus.QUEUED,
-            dispatch_pending=True,
-            requeues=Task.requeues + 1,
-            flow_run_id=None,
-            reason=None,
-            error_code=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+def stuck_or_failed(now: datetime) -> Any:
+    """The publications a Retry may take: failed; running under a lease nobody renews (its run died); queued
+    and waiting with no run on the way (a late study, a scheduled automatic retry)."""
+    return or_(
+        Task.status == TaskStatus.FAILED,
+        and_(Task.status == TaskStatus.RUNNING, or_(Task.lease_until.is_(None), Task.lease_until < now)),
+        and_(Task.status == TaskStatus.QUEUED, Task.dispatch_pending.is_(False), Task.next_attempt_at.is_not(None)),
     )
-    done = bool(getattr(result, "rowcount", 0))
-    if done:
-        audit(session, actor=actor, action="publication.requeued", task=session.get(Task, task_id))
+
+
+def requeue(session: Session, task_id: str, *, actor: str, automatic: bool = False) -> bool:
+    """Ask for a new run of a failed, stuck or waiting publication (same task, same link); the dispatcher
+    starts it and it resumes after the last finished step. False when another run is on it (or another
+    request got there first). A Retry by hand starts the count of automatic resumes and retries afresh."""
+    now = utcnow()
+    fresh = {} if automatic else {"resumes": 0, "first_failed_at": None}
+    done = move(
+        session,
+        task_id,
+        Event.REQUEUE,
+        where=[stuck_or_failed(now)],
+        values={
+            "dispatch_pending": True,
+            "requeues": Task.requeues + 1,
+            "flow_run_id": None,
+            "lease_owner": None,
+            "lease_until": None,
+            "reason": None,
+            "error_code": None,
+            "next_attempt_at": None,
+            **NOT_WAITING,
+            **fresh,
+        },
+        actor=actor,
+        action="publication.requeued",
+        details={"automatic": True} if automatic else None,
+    )
     session.commit()
     return done
 
@@ -218,26 +234,25 @@ def republish(session: Session, task_id: str, *, actor: str) -> Task:
     if task.status != TaskStatus.COMPLETED:
         raise Conflict("only a published study can be published again")
     old_key = task.object_key
-    now = utcnow()
-    result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.status == TaskStatus.COMPLETED)
-        .values(
-            status=TaskStatus.QUEUED,
-            step=Step.FIND,
-            dispatch_pending=True,
-            requeues=Task.requeues + 1,
-            object_key=new_object_key(),
-            flow_run_id=None,
-            reason=None,
-            error_code=None,
-            progress_received=None,
-            progress_expected=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+    moved = move(
+        session,
+        task_id,
+        Event.REPUBLISH,
+        values={
+            "step": Step.FIND,
+            "dispatch_pending": True,
+            "requeues": Task.requeues + 1,
+            "object_key": new_object_key(),
+            "flow_run_id": None,
+            "reason": None,
+            "error_code": None,
+            "progress_received": None,
+            "progress_expected": None,
+            "resumes": 0,
+            "first_failed_at": None,
+        },
     )
-    if not getattr(result, "rowcount", 0):
+    if not moved:
         session.rollback()
         raise Conflict("the publication changed meanwhile; reload and try again")
     session.execute(delete(TaskStep).where(TaskStep.task_id == task_id))
@@ -274,7 +289,14 @@ def mark_dispatched(session: Session, task_id: str, requeues: int, flow_run_id: 
     session.execute(
         update(Task)
         .where(Task.id == task_id, Task.requeues == requeues, Task.dispatch_pending.is_(True))
-        .values(dispatch_pending=False, flow_run_id=flow_run_id, reason=None)
+        .values(dispatch_pending=False, flow_run_id=flow_run_id)
+        .execution_options(synchronize_session=False)
+    )
+    # A wait for Prefect is over; other waits (an interrupted run being resumed) go on being said.
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.waiting_for == Waiting.PREFECT.value)
+        .values(reason=None, **NOT_WAITING)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -291,24 +313,18 @@ def queued_runs(session: Session, limit: int = 200) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-def fail_unstarted(session: Session, task_id: str, flow_run_id: str, reason: str) -> bool:
+def fail_unstarted(session: Session, task_id: str, flow_run_id: str | None, reason: str) -> bool:
     """A queued publication whose Prefect run ended (or vanished) before it started becomes FAILED with the
     reason, so it is visible and the same request (or a Retry in Prefect) runs it again."""
-    result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.status == TaskStatus.QUEUED, Task.flow_run_id == flow_run_id)
-        .values(status=TaskStatus.FAILED, reason=f"start: {reason}", error_code="run_not_started", updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+    done = move(
+        session,
+        task_id,
+        Event.FAIL_UNSTARTED,
+        where=[Task.flow_run_id == flow_run_id, Task.dispatch_pending.is_(False)],
+        values={"reason": f"start: {reason}", "error_code": "run_not_started", "next_attempt_at": None, **NOT_WAITING},
+        action="publication.failed",
+        details={"error_code": "run_not_started"},
     )
-    done = bool(getattr(result, "rowcount", 0))
-    if done:
-        audit(
-            session,
-            actor="system",
-            action="publication.failed",
-            task=session.get(Task, task_id),
-            details={"error_code": "run_not_started"},
-        )
     session.commit()
     return done
 
@@ -317,8 +333,13 @@ def note_dispatch_problem(session: Session, task_ids: list[str], reason: str) ->
     """Say on the waiting requests why their run has not started (Prefect unreachable...)."""
     session.execute(
         update(Task)
-        .where(Task.id.in_(task_ids), Task.dispatch_pending.is_(True), Task.status == TaskStatus.QUEUED)
-        .values(reason=reason)
+        .where(
+            Task.id.in_(task_ids),
+            Task.dispatch_pending.is_(True),
+            Task.status == TaskStatus.QUEUED,
+            or_(Task.waiting_for.is_(None), Task.waiting_for == Waiting.PREFECT.value),
+        )
+        .values(**waiting(Waiting.PREFECT, reason, since=func.coalesce(Task.waiting_since, utcnow())))
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -331,44 +352,66 @@ def get_task(session: Session, task_id: str) -> Task:
     return task
 
 
-def claim(session: Session, task_id: str, owner: str, *, lease_seconds: int = LEASE_SECONDS) -> bool:
-    """Take the task for a run: it must be queued, failed, or running under an expired lease (a crashed run)
-    or under this same owner (a retry of the same flow run). False when another live run holds it."""
+def claim(session: Session, task_id: str, owner: str, *, lease_seconds: float) -> bool:
+    """Take the publication for a run: it must be queued, failed, or running under an expired lease (a dead
+    run) or under this same owner (a retry of the same flow run). False when another live run holds it."""
     now = utcnow()
-    result = session.execute(
-        update(Task)
-        .where(
-            Task.id == task_id,
+    moved = move(
+        session,
+        task_id,
+        Event.CLAIM,
+        where=[
             or_(
                 Task.status.in_([TaskStatus.QUEUED, TaskStatus.FAILED]),
-                and_(
-                    Task.status == TaskStatus.RUNNING,
-                    or_(Task.lease_until.is_(None), Task.lease_until < now, Task.lease_owner == owner),
-                ),
-            ),
-        )
-        .values(
-            status=TaskStatus.RUNNING,
-            lease_owner=owner,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            attempts=Task.attempts + 1,
-            started_at=now,
-            finished_at=None,
-            reason=None,
-            error_code=None,
-            updated_at=now,
-        )
+                or_(Task.lease_until.is_(None), Task.lease_until < now, Task.lease_owner == owner),
+            )
+        ],
+        values={
+            "lease_owner": owner,
+            "lease_until": now + timedelta(seconds=lease_seconds),
+            "attempts": Task.attempts + 1,
+            "started_at": now,
+            "progress_at": now,
+            "finished_at": None,
+            "next_attempt_at": None,
+            "error_code": None,
+            "reason": None,
+            **NOT_WAITING,
+        },
+    )
+    session.commit()
+    return moved
+
+
+def renew_lease(session: Session, task_id: str, owner: str, *, lease_seconds: float) -> bool:
+    """Extend the run's lease. False when the run no longer holds the publication (the watchdog gave it to
+    another run after this one stopped renewing): the caller must stop at once."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.lease_owner == owner, Task.status == TaskStatus.RUNNING)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
     session.commit()
     return bool(getattr(result, "rowcount", 0))
 
 
-def renew_lease(session: Session, task_id: str, owner: str, *, lease_seconds: int = LEASE_SECONDS) -> None:
+def note_waiting(session: Session, task_id: str, kind: Waiting | None, reason: str | None = None) -> None:
+    """Say what a running publication waits for (the PACS, the storage, a slot), or that it no longer waits.
+    The status stays RUNNING: the run is alive and will go on by itself."""
+    if kind is None:
+        values: dict[str, Any] = {"reason": None, **NOT_WAITING}
+        cond = [Task.waiting_for.is_not(None)]
+    else:
+        values = waiting(kind, reason or kind.value)
+        same = session.scalar(select(Task.waiting_for).where(Task.id == task_id)) == kind.value
+        if same:  # the same wait goes on: keep since when
+            values.pop("waiting_since")
+        cond = []
     session.execute(
         update(Task)
-        .where(Task.id == task_id, Task.lease_owner == owner, Task.status == TaskStatus.RUNNING)
-        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        .where(Task.id == task_id, Task.status == TaskStatus.RUNNING, *cond)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -388,7 +431,10 @@ def _next_step(done: set[str]) -> str:
 
 def _refresh_step(session: Session, task_id: str) -> None:
     done = set(session.scalars(select(TaskStep.step).where(TaskStep.task_id == task_id)))
-    session.execute(update(Task).where(Task.id == task_id).values(step=_next_step(done), updated_at=utcnow()))
+    now = utcnow()
+    session.execute(
+        update(Task).where(Task.id == task_id).values(step=_next_step(done), updated_at=now, progress_at=now)
+    )
 
 
 def save_checkpoint(session: Session, task_id: str, step: Step, data: dict[str, Any]) -> None:
@@ -410,43 +456,122 @@ def set_progress(session: Session, task_id: str, received: int | None, expected:
     session.execute(
         update(Task)
         .where(Task.id == task_id)
-        .values(progress_received=received, progress_expected=expected)
+        .values(progress_received=received, progress_expected=expected, progress_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     session.commit()
 
 
-def fail(session: Session, task_id: str, exc: BaseException) -> Task:
-    """Mark the task FAILED with a reason a registrator can read. Unknown errors are named by type only:
-    their text may carry DICOM contents."""
-    task = get_task(session, task_id)
+# Failures an automatic retry can cure: outages, interruptions, a PACS that sent too little under load.
+AUTO_RETRY_CODES = frozenset(
+    {
+        "pacs_unavailable",
+        "storage_unavailable",
+        "database_unavailable",
+        "unavailable",
+        "incomplete_retrieval",
+        "crashed",
+    }
+)
+
+
+def failure_reason(exc: BaseException) -> tuple[str, str]:
+    """(reason in words, code). Unknown errors are named by type only: their text may carry DICOM contents."""
     if isinstance(exc, StudyPubError):
-        reason, code = exc.reason, exc.code
-    else:
-        reason, code = (
-            f"Unexpected error ({type(exc).__name__}); operators: see the Prefect run",
-            "internal_error",
+        return exc.reason, exc.code
+    if type(exc).__name__ == "TerminationSignal":  # Prefect stops a run it cancelled with this signal
+        return "the run was cancelled in Prefect", "cancelled"
+    return f"Unexpected error ({type(exc).__name__}); operators: see the Prefect run", "internal_error"
+
+
+def local_time(settings: Settings, when: datetime) -> str:
+    from zoneinfo import ZoneInfo
+
+    return when.astimezone(ZoneInfo(settings.links.time_zone)).strftime("%H:%M")
+
+
+def fail(session: Session, settings: Settings, task_id: str, exc: BaseException, *, owner: str | None = None) -> Task:
+    """Mark a running publication FAILED with a reason a registrator can read. A failure an automatic retry
+    can cure (an outage, an interruption) is retried on the settings' schedule for a while, and says when.
+    With ``owner``, only while that run still holds it (a run that lost its lease changes nothing)."""
+    task = get_task(session, task_id)
+    reason, code = failure_reason(exc)
+    step = getattr(exc, "failed_step", None) or task.step or "start"  # the pipeline names the step that raised
+    now = utcnow()
+    first = task.first_failed_at or now
+    values: dict[str, Any] = {
+        "step": step,
+        "reason": f"{step}: {reason}",
+        "error_code": code,
+        "finished_at": now,
+        "lease_owner": None,
+        "lease_until": None,
+        "next_attempt_at": None,
+        "first_failed_at": first,
+        **NOT_WAITING,
+    }
+    runs = settings.runs
+    if code in AUTO_RETRY_CODES and now - first < timedelta(hours=runs.auto_retry_hours):
+        at = now + timedelta(minutes=runs.auto_retry_minutes)
+        values.update(
+            next_attempt_at=at,
+            **waiting(Waiting.RETRY, f"{step}: {reason}; tried again automatically at {local_time(settings, at)}"),
         )
-    failed_step = getattr(exc, "failed_step", None)  # set by the pipeline when overlapping steps ran
-    if failed_step:
-        task.step = failed_step
-    task.status = TaskStatus.FAILED
-    task.reason = f"{task.step or 'start'}: {reason}"
-    task.error_code = code
-    task.finished_at = utcnow()
-    task.lease_owner = None
-    task.lease_until = None
-    audit(session, actor="system", action="publication.failed", task=task, details={"error_code": code})
+    move(
+        session,
+        task_id,
+        Event.FAIL,
+        where=[Task.lease_owner == owner] if owner else [],
+        values=values,
+        action="publication.failed",
+        details={"error_code": code},
+    )
     session.commit()
-    return task
+    session.expire(task)
+    return get_task(session, task_id)
 
 
 def complete(
-    session: Session, settings: Settings, task_id: str, *, archive: dict[str, Any], profile_version: str
+    session: Session,
+    settings: Settings,
+    task_id: str,
+    *,
+    archive: dict[str, Any],
+    profile_version: str,
+    owner: str | None = None,
 ) -> PublishedStudy:
-    """The link step: the archive is in storage; record the publication and mark the task COMPLETED."""
+    """The link step: the archive is in storage; record the publication and mark it COMPLETED (only while
+    this run holds it, with ``owner``)."""
     task = get_task(session, task_id)
+    now = utcnow()
+    moved = move(
+        session,
+        task_id,
+        Event.COMPLETE,
+        where=[Task.lease_owner == owner] if owner else [],
+        values={
+            "profile_version": profile_version,
+            "step": Step.LINK,
+            "reason": None,
+            "error_code": None,
+            "finished_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+            "next_attempt_at": None,
+            "resumes": 0,
+            "first_failed_at": None,
+            **NOT_WAITING,
+        },
+        action="publication.completed",
+        details={"instances": int(archive["instances"])},
+    )
     pub = session.scalars(select(PublishedStudy).where(PublishedStudy.task_id == task_id)).first()
+    if not moved:
+        session.rollback()
+        session.expire(task)
+        if pub is not None and get_task(session, task_id).status == TaskStatus.COMPLETED:
+            return pub  # done already (a retried link step)
+        raise PublicationError("the publication was taken over by another run (this run stopped renewing it)")
     if pub is None:
         pub = PublishedStudy(task_id=task_id, clinic_code=task.clinic_code, downloads=0)
         session.add(pub)
@@ -459,25 +584,11 @@ def complete(
     pub.series = int(archive.get("series", 0))
     pub.modalities = ",".join(archive.get("modalities", []))[:64] or None
     pub.profile_version = profile_version
-    pub.upload_date = utcnow()
-    task.profile_version = profile_version
-    task.status = TaskStatus.COMPLETED
-    task.step = Step.LINK
+    pub.upload_date = now
     session.execute(delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step == Step.LINK.value))
     session.add(TaskStep(task_id=task_id, step=Step.LINK.value, data={"ready": True}))
-    task.reason = None
-    task.error_code = None
-    task.finished_at = utcnow()
-    task.lease_owner = None
-    task.lease_until = None
-    audit(
-        session,
-        actor="system",
-        action="publication.completed",
-        task=task,
-        details={"instances": pub.instances},
-    )
     session.commit()
+    session.expire(task)
     return pub
 
 
@@ -514,40 +625,115 @@ def extend(session: Session, settings: Settings, task_id: str, save_till: dateti
     return task
 
 
-ABANDONED_AFTER = timedelta(minutes=15)
+def wait_for_study(session: Session, settings: Settings, task_id: str, *, owner: str) -> bool:
+    """The study is not (yet) in the PACS: the run ends and the publication waits, queued and holding
+    nothing, until the watchdog looks again (``runs.study_recheck_seconds``), for up to
+    ``runs.study_wait_hours`` from the first miss; then it fails. True while it waits."""
+    from studypub.errors import StudyNotFound
 
-
-def fail_abandoned(session: Session, *, grace: timedelta = ABANDONED_AFTER) -> list[str]:
-    """RUNNING publications whose run stopped heartbeating long ago (its worker was killed: no hook ran)
-    become FAILED with a reason, so they show as failed, can be retried, and retention can reach them."""
-    cutoff = utcnow() - grace
-    rows = session.execute(
-        select(Task.id, Task.step).where(Task.status == TaskStatus.RUNNING, Task.lease_until < cutoff)
-    ).all()
-    failed = []
-    for task_id, step in rows:
-        now = utcnow()
-        result = session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status == TaskStatus.RUNNING, Task.lease_until < cutoff)
-            .values(
-                status=TaskStatus.FAILED,
-                reason=f"{step or 'start'}: the run stopped without finishing (its worker was stopped or killed); "
-                "retry it in Prefect or send the request again",
-                error_code="abandoned",
-                lease_owner=None,
-                lease_until=None,
-                finished_at=now,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0):
-            task = session.get(Task, task_id)
-            audit(session, actor="system", action="publication.failed", task=task, details={"error_code": "abandoned"})
-            failed.append(task_id)
+    task = get_task(session, task_id)
+    now = utcnow()
+    first = task.first_failed_at or now
+    deadline = first + timedelta(hours=settings.runs.study_wait_hours)
+    if now >= deadline:
+        looked = f" (looked for since {local_time(settings, first)})" if now > first else ""
+        fail(session, settings, task_id, StudyNotFound(f"study not found in PACS{looked}"), owner=owner)
+        return False
+    at = min(now + timedelta(seconds=settings.runs.study_recheck_seconds), deadline)
+    moved = move(
+        session,
+        task_id,
+        Event.WAIT,
+        where=[Task.lease_owner == owner],
+        values={
+            "lease_owner": None,
+            "lease_until": None,
+            "dispatch_pending": False,
+            "next_attempt_at": at,
+            "first_failed_at": first,
+            "error_code": None,
+            **waiting(
+                Waiting.STUDY,
+                f"waiting for the study to reach the PACS (not there at {local_time(settings, now)}); "
+                f"looked for again at {local_time(settings, at)}",
+                since=first,
+            ),
+        },
+        action="publication.waiting",
+        details={"waiting_for": Waiting.STUDY.value},
+    )
     session.commit()
-    return failed
+    return moved
+
+
+def redispatch(session: Session, task_id: str) -> bool:
+    """A waiting publication's time has come (a late study to look for again): a new run."""
+    now = utcnow()
+    moved = move(
+        session,
+        task_id,
+        Event.REDISPATCH,
+        where=[Task.dispatch_pending.is_(False), Task.next_attempt_at <= now],
+        values={"dispatch_pending": True, "requeues": Task.requeues + 1, "next_attempt_at": None, "flow_run_id": None},
+    )
+    session.commit()
+    return moved
+
+
+def interrupt(session: Session, settings: Settings, task_id: str) -> tuple[str, str | None] | None:
+    """A running publication whose run stopped renewing its lease (its worker was killed, the machine
+    restarted, the run hung): queue it again so a new run resumes after its last finished step, or, after
+    ``runs.max_resumes`` interruptions in a row, fail it with a reason (something in the study may kill the
+    process). Returns (the new status, the dead run's flow-run id) when this call acted, else None."""
+    now = utcnow()
+    task = session.get(Task, task_id)
+    if task is None or task.status != TaskStatus.RUNNING:
+        return None
+    dead_run, step = task.flow_run_id, task.step or "start"
+    expired = [or_(Task.lease_until.is_(None), Task.lease_until < now), Task.resumes == task.resumes]
+    if task.resumes >= settings.runs.max_resumes:
+        moved = move(
+            session,
+            task_id,
+            Event.FAIL,
+            where=expired,
+            values={
+                "reason": f"{step}: the run stopped without finishing {task.resumes + 1} times in a row (the worker "
+                "was killed or crashed each time; something in this study may stop it); retry it after a look",
+                "error_code": "crashed_repeatedly",
+                "finished_at": now,
+                "lease_owner": None,
+                "lease_until": None,
+                "next_attempt_at": None,
+                **NOT_WAITING,
+            },
+            action="publication.failed",
+            details={"error_code": "crashed_repeatedly", "resumes": task.resumes},
+        )
+        target = TaskStatus.FAILED
+    else:
+        moved = move(
+            session,
+            task_id,
+            Event.INTERRUPT,
+            where=expired,
+            values={
+                "dispatch_pending": True,
+                "requeues": Task.requeues + 1,
+                "resumes": Task.resumes + 1,
+                "flow_run_id": None,
+                "lease_owner": None,
+                "lease_until": None,
+                "next_attempt_at": None,
+                **waiting(Waiting.INTERRUPTED, f"{step}: interrupted (the run stopped without finishing); resuming"),
+            },
+            action="publication.interrupted",
+            details={"resumes": task.resumes + 1},
+        )
+        target = TaskStatus.QUEUED
+    session.commit()
+    session.expire(task)
+    return (target, dead_run) if moved else None
 
 
 def claim_for_deletion(session: Session, task_id: str, *, only_if_due: bool) -> bool:
@@ -555,17 +741,15 @@ def claim_for_deletion(session: Session, task_id: str, *, only_if_due: bool) -> 
     touches it from here on. A running publication is never claimed. True when this call claimed it, or
     when it was already claimed (an interrupted deletion is finished by whoever comes next)."""
     now = utcnow()
-    cond = [Task.id == task_id, Task.status.in_([TaskStatus.QUEUED, TaskStatus.COMPLETED, TaskStatus.FAILED])]
-    if only_if_due:
-        cond.append(Task.save_till <= now)
-    result = session.execute(
-        update(Task)
-        .where(*cond)
-        .values(status=TaskStatus.EXPIRED, dispatch_pending=False, updated_at=now)
-        .execution_options(synchronize_session=False)
+    moved = move(
+        session,
+        task_id,
+        Event.EXPIRE,
+        where=[Task.save_till <= now] if only_if_due else [],
+        values={"dispatch_pending": False, "next_attempt_at": None, **NOT_WAITING},
     )
     session.commit()
-    if getattr(result, "rowcount", 0):
+    if moved:
         return True
     return session.scalar(select(Task.status).where(Task.id == task_id)) == TaskStatus.EXPIRED
 
@@ -582,13 +766,7 @@ def finish_deletion(session: Session, storage: Any, task_id: str, *, actor: str,
         if key:
             storage.delete(key)
     now = utcnow()
-    result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.status == TaskStatus.EXPIRED)
-        .values(status=TaskStatus.DELETED, deleted_at=now, updated_at=now, dispatch_pending=False)
-        .execution_options(synchronize_session=False)
-    )
-    if not getattr(result, "rowcount", 0):
+    if not move(session, task_id, Event.DELETE, values={"deleted_at": now, "dispatch_pending": False}):
         session.rollback()
         return False
     session.execute(
@@ -637,20 +815,43 @@ def audit(
     )
 
 
-def result_view(session: Session, settings: Settings, task: Task) -> dict[str, Any]:
-    """What a caller is told about a publication (CLI JSON, API): ids, state, link, sizes. No PHI beyond the
-    request's own identifiers, which the caller sent."""
+def queue_position(session: Session, task: Task) -> int | None:
+    """How many publications are ahead of a queued one that waits for nothing but its turn (a worker runs a
+    bounded number at once): queued earlier and not waiting for something else."""
+    if task.status != TaskStatus.QUEUED or task.waiting_for is not None:
+        return None
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Task)
+            .where(Task.status == TaskStatus.QUEUED, Task.waiting_for.is_(None), Task.created_at < task.created_at)
+        )
+        or 0
+    )
+
+
+def result_view(session: Session, settings: Settings, task: Task, *, with_queue: bool = False) -> dict[str, Any]:
+    """What a caller is told about a publication (CLI JSON, API): ids, state, what it waits for, link, sizes.
+    No PHI beyond the request's own identifiers, which the caller sent. ``with_queue`` adds the queue
+    position of a queued one (one more query: not on the hot path of recording a request)."""
     if "publication" in sa_inspect(task).unloaded:
         pub = session.scalars(select(PublishedStudy).where(PublishedStudy.task_id == task.id)).first()
     else:  # a task recorded in this session: known to have none yet (no query)
         pub = task.publication
     checkpoints = task.checkpoints or {}
     anon = checkpoints.get(Step.ANONYMISE.value, {})
+    reason = task.reason
+    ahead = queue_position(session, task) if with_queue else None
+    if ahead is not None and not reason:
+        reason = f"queued, {ahead} ahead" if ahead else "queued, next to start"
     view: dict[str, Any] = {
         "task_id": task.id,
         "status": task.status,
         "step": task.step,
-        "reason": task.reason,
+        "waiting_for": task.waiting_for,
+        "waiting_since": task.waiting_since.isoformat() if task.waiting_since else None,
+        "next_attempt_at": task.next_attempt_at.isoformat() if task.next_attempt_at else None,
+        "reason": reason,
         "link": link_url(settings, task.link_key),
         "object_key": task.object_key,
         "size_bytes": pub.size_bytes if pub else None,
@@ -659,6 +860,6 @@ def result_view(session: Session, settings: Settings, task: Task) -> dict[str, A
         "progress": {"received": task.progress_received, "expected": task.progress_expected},
         "save_till": task.save_till.isoformat(),
     }
-    if task.status not in (TaskStatus.FAILED, TaskStatus.QUEUED) or not task.reason:
-        view.pop("reason")
+    if task.status in (TaskStatus.COMPLETED, TaskStatus.EXPIRED, TaskStatus.DELETED):
+        view["reason"] = None
     return view

@@ -64,12 +64,14 @@ class PacsSettings(BaseModel):
     acse_timeout: float = Field(30, gt=0, description="Association set-up timeout, seconds.")
     dimse_timeout: float = Field(600, gt=0, description="Timeout waiting for a DIMSE response, seconds.")
     network_timeout: float = Field(120, gt=0, description="Idle network timeout, seconds.")
-    find_attempts: int = Field(
-        3, ge=1, le=20, description="Attempts to find a study that is not (yet) in the PACS before failing."
-    )
-    find_retry_delay: float = Field(20, ge=0, description="Seconds between those attempts.")
     max_concurrent_retrievals: int = Field(
-        2, ge=1, le=32, description="At most this many retrievals run against the PACS at once."
+        2,
+        ge=1,
+        le=32,
+        description=(
+            "At most this many retrievals run against this PACS at once (slots leased in the app's database, "
+            "shared by every worker; a publication waiting for an outage or a late study holds none)."
+        ),
     )
 
 
@@ -153,14 +155,91 @@ class PrefectSettings(BaseModel):
     task_retry_delay: float = Field(5, ge=0, description="Initial delay between retries (seconds, doubles).")
 
 
+class RunsSettings(BaseModel):
+    """How publications heal themselves: leases, the worker's watchdog, outages, late studies, capacity."""
+
+    lease_seconds: float = Field(
+        60,
+        ge=5,
+        le=3600,
+        description=(
+            "A running publication's lease, renewed by its run every quarter of this; a run that stops renewing "
+            "it (its worker died) is resumed by the watchdog once it expires."
+        ),
+    )
+    watchdog_seconds: float = Field(10, gt=0, le=600, description="Seconds between the worker's watchdog passes.")
+    max_resumes: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description=(
+            "Interrupted runs of one publication resumed automatically in a row; the next interruption fails it "
+            "with a reason (something in the study may kill the process)."
+        ),
+    )
+    stall_minutes: float = Field(
+        30,
+        gt=0,
+        description=(
+            "A running publication that records no progress (a step, an instance received) for this long is "
+            "stopped and resumed by the watchdog."
+        ),
+    )
+    outage_patience_seconds: float = Field(
+        600,
+        ge=0,
+        description=(
+            "A step waits this long for an unreachable PACS or storage (retrying with backoff) before the "
+            "publication fails with the cause."
+        ),
+    )
+    auto_retry_minutes: float = Field(
+        15,
+        gt=0,
+        description="A publication failed by an outage or an interruption is retried automatically this often.",
+    )
+    auto_retry_hours: float = Field(
+        24, ge=0, description="... for this long after its first failure (0: never automatically)."
+    )
+    study_wait_hours: float = Field(
+        4,
+        ge=0,
+        description="A study not (yet) in the PACS is looked for again for this long before the publication fails.",
+    )
+    study_recheck_seconds: float = Field(
+        300, gt=0, description="Seconds between looks for a study that has not reached the PACS yet."
+    )
+    max_concurrent: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Publications one worker runs at once (each is a process of ~200 MiB); the rest wait queued. "
+            "0: from the machine's memory and cores."
+        ),
+    )
+
+    def concurrent_runs(self) -> int:
+        """The cap in force: the setting, or what the machine can take (two per core, ~250 MiB each with
+        headroom for the rest of the service), between 2 and 16."""
+        if self.max_concurrent:
+            return self.max_concurrent
+        try:
+            avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 * 2**30
+        by_memory = int((avail - 2**30) // (250 * 2**20))
+        return max(2, min(16, 2 * (os.cpu_count() or 1), by_memory))
+
+
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the API/dashboard listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the API/dashboard.")
     trusted_proxies: str = Field(
-        "127.0.0.1",
+        "",
         description=(
             "Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For/-Proto are trusted, "
-            "comma-separated. Not '*': any client could then choose its own address."
+            "comma-separated; empty (default): none. Not '*': any client could then choose its own address."
         ),
     )
     workers: int = Field(
@@ -194,9 +273,7 @@ class RetentionSettings(BaseModel):
 
 class DashboardSettings(BaseModel):
     registrator_session_hours: float = Field(8, gt=0, le=24 * 7, description="Sign-in lifetime of registrators.")
-    administrator_session_hours: float = Field(
-        24, gt=0, le=24 * 7, description="Sign-in lifetime of administrators."
-    )
+    administrator_session_hours: float = Field(24, gt=0, le=24 * 7, description="Sign-in lifetime of administrators.")
     login_rate_limit: str = Field(
         "10/minute", description="Sign-in attempts allowed per client address and per user name (limits syntax)."
     )
@@ -257,6 +334,7 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    runs: RunsSettings = Field(default_factory=RunsSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="after")

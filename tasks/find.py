@@ -1,4 +1,7 @@
-"""Step 1, find: C-FIND the study by AccessionNumber and check that it belongs to the requested patient."""
+"""Step 1, find: C-FIND the study by AccessionNumber and check that it belongs to the requested patient.
+
+A PACS outage is waited out here (``ride_through``). A study that is not in the PACS is not retried here:
+the flow lets the publication wait for it, holding no process or slot, and the watchdog looks again later."""
 
 from __future__ import annotations
 
@@ -8,11 +11,12 @@ from prefect import task
 
 from studypub.dicom import scu
 from studypub.errors import AmbiguousStudy, PatientMismatch, StudyNotFound
+from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Step
 from studypub.publications import save_checkpoint
 from studypub.settings import Settings
-from tasks.common import TASK_DEFAULTS, retry_if_transient_or_late, step_context
+from tasks.common import TASK_DEFAULTS, retry_if_transient, ride_through, step_context
 
 log = get_logger("tasks.find")
 
@@ -45,15 +49,16 @@ def find_study(settings: Settings, accession_number: str, patient_id: str) -> di
 @task(
     name="find",
     retries=2,
-    retry_delay_seconds=20,
-    retry_condition_fn=retry_if_transient_or_late,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_if_transient,
     **TASK_DEFAULTS,
 )
 def find(task_id: str) -> int:
     """Returns the number of instances the PACS reports (no identifiers leave the app database)."""
     with step_context(task_id) as ctx:
         assert ctx.task.accession_number and ctx.task.patient_id
-        study = find_study(ctx.settings, ctx.task.accession_number, ctx.task.patient_id)
+        acsn, pid = ctx.task.accession_number, ctx.task.patient_id
+        study = ride_through(ctx, Waiting.PACS, lambda: find_study(ctx.settings, acsn, pid))
         save_checkpoint(ctx.session, task_id, Step.FIND, study)
         log.info(
             "Study found in PACS",

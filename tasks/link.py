@@ -16,14 +16,15 @@ log = get_logger("tasks.link")
 
 
 @task(name="link", retries=3, retry_delay_seconds=2, **TASK_DEFAULTS)
-def link(task_id: str) -> str:
+def link(task_id: str, owner: str | None = None) -> str:
+    """``owner``: the run that holds the publication (only it may mark it COMPLETED)."""
     with step_context(task_id) as ctx:
         archive = dict(ctx.task.checkpoints[Step.ZIP.value])
         archive.update(ctx.task.checkpoints[Step.UPLOAD.value])
         old = replaced_object(ctx.session, task_id)
         if old and old != ctx.task.object_key:  # a republication: the new archive is in place
             open_storage(ctx.settings).delete(old)  # idempotent; a failure retries this step
-        complete(ctx.session, ctx.settings, task_id, archive=archive, profile_version=PROFILE_VERSION)
+        complete(ctx.session, ctx.settings, task_id, archive=archive, profile_version=PROFILE_VERSION, owner=owner)
         if old:
             forget_replaced(ctx.session, task_id)
         ctx.paths.remove()

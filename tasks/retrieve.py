@@ -1,7 +1,10 @@
 """Step 2, retrieve: C-MOVE the study to our Storage SCP (or C-GET it), into the publication's raw spool.
 
-At most ``pacs.max_concurrent_retrievals`` run at once against the PACS, through a Prefect global
-concurrency limit (created at start-up; ``strict`` so a missing limit fails loudly instead of being skipped).
+At most ``pacs.max_concurrent_retrievals`` run at once against one PACS: a slot leased in the app's database
+(studypub.slots), held only while the retrieval talks to the PACS. While the PACS is unreachable the step
+waits with backoff (``ride_through``) and gives its slot back meanwhile. Once the publication is aborted
+(another step failed, the run was cancelled), nothing more is written: the progress callback stops the
+retrieval, and no checkpoint or done-marker follows.
 """
 
 from __future__ import annotations
@@ -10,24 +13,23 @@ import os
 import time
 
 from prefect import task
-from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 from studypub.db import get_sessionmaker
 from studypub.dicom import scu
 from studypub.dicom.receiver import registry_for
 from studypub.errors import IncompleteRetrieval, InsufficientDiskSpace, PublicationError
+from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Step
-from studypub.publications import save_checkpoint, set_progress
+from studypub.publications import note_waiting, save_checkpoint, set_progress
 from studypub.settings import Settings
-from studypub.spool import WorkPaths, clear_done, mark_done, read_done
+from studypub.slots import held_slot, pacs_pool
+from studypub.spool import WorkPaths, check_abort, clear_done, mark_done, read_done
 from studypub.storage import disk_free_bytes
-from tasks.common import TASK_DEFAULTS, retry_if_transient, step_context
+from tasks.common import TASK_DEFAULTS, StepContext, retry_if_transient, ride_through, step_context
 
 log = get_logger("tasks.retrieve")
-
-RETRIEVE_LIMIT = "pacs-retrieve"
 ESTIMATED_BYTES_PER_INSTANCE = 1024 * 1024
 
 
@@ -83,6 +85,30 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
     return received
 
 
+def _in_slot(ctx: StepContext, study: dict, progress) -> int:  # type: ignore[no-untyped-def, type-arg]
+    """One retrieval attempt inside a slot of the PACS (waiting for one says so on the publication)."""
+    settings, task_id = ctx.settings, ctx.task.id
+    size = settings.pacs.max_concurrent_retrievals
+
+    def on_wait(busy: int) -> None:
+        note_waiting(
+            ctx.session, task_id, Waiting.SLOT, f"waiting for a free PACS connection ({busy} of {size} retrieving)"
+        )
+
+    sessions = get_sessionmaker(settings)
+    with held_slot(
+        sessions,
+        pacs_pool(settings),
+        size,
+        task_id,
+        ttl=settings.runs.lease_seconds,
+        on_wait=on_wait,
+        should_stop=lambda: check_abort(ctx.paths),
+    ):
+        note_waiting(ctx.session, task_id, None)
+        return retrieve_study(settings, study, ctx.paths, progress, owner=task_id)
+
+
 @task(
     name="retrieve",
     retries=3,
@@ -105,6 +131,7 @@ def retrieve(task_id: str) -> int:
         last = [0.0]
 
         def progress(completed: int, total: int | None) -> None:
+            check_abort(ctx.paths)  # an aborted publication stops its retrieval here
             now = time.monotonic()
             if now - last[0] >= 1.0:
                 last[0] = now
@@ -115,10 +142,10 @@ def retrieve(task_id: str) -> int:
                     log.warning("Could not record retrieval progress", extra=details(task_id=task_id))
 
         try:
-            with concurrency(RETRIEVE_LIMIT, occupy=1, strict=True):
-                started = time.monotonic()
-                received = retrieve_study(ctx.settings, study, ctx.paths, progress, owner=task_id)
-                elapsed = time.monotonic() - started
+            started = time.monotonic()
+            received = ride_through(ctx, Waiting.PACS, lambda: _in_slot(ctx, study, progress))
+            elapsed = time.monotonic() - started
+            check_abort(ctx.paths)  # aborted meanwhile: record nothing
             set_progress(session, task_id, received, expected or received)
         finally:
             session.close()

@@ -37,8 +37,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _view(request: Request, session: Any, settings: Settings, task: Task) -> Publication:
-    view = result_view(session, settings, task)
+def _view(
+    request: Request, session: Any, settings: Settings, task: Task, *, with_queue: bool = False
+) -> Publication:
+    view = result_view(session, settings, task, with_queue=with_queue)
     view.pop("object_key", None)
     view["status_url"] = str(request.url_for("get_publication", task_id=task.id))
     # End the transaction before FastAPI validates the answer in another worker thread: a connection held
@@ -117,7 +119,7 @@ def get_publication(
 ) -> Publication:
     """Status, current step, progress (instances received / expected), the error reason, link, size, save_till."""
     task = _own(client, get_task(session, str(task_id)))
-    return _view(request, session, settings, task)
+    return _view(request, session, settings, task, with_queue=True)
 
 
 @router.post(

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification
 from studypub.dicom.contexts import storage_scp_contexts
 from studypub.logs import get_logger
 from studypub.settings import Settings
+from studypub.spool import WorkPaths
 
 log = get_logger("dicom.receiver")
 
@@ -121,7 +122,12 @@ def make_store_handler(registry: Registry) -> Callable[[Event], int]:
         except Exception:
             log.warning("Refused an instance that could not be parsed")
             return STATUS_CANNOT_UNDERSTAND
-        dests = registry.lookup(study_uid) if study_uid else []
+        # A publication that was aborted (failed, cancelled) takes nothing more: its raw folder is being removed.
+        dests = [
+            d
+            for d in (registry.lookup(study_uid) if study_uid else [])
+            if not WorkPaths(d.parent).abort_marker.exists()
+        ]
         if not dests:
             log.warning("Refused an instance of a study that no publication is retrieving")
             return STATUS_NOT_AUTHORISED

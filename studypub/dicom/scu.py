@@ -67,7 +67,11 @@ def associate(settings: Settings, contexts: list, *, roles: list | None = None, 
         raise PacsUnavailable(f"The PACS at {p.host}:{p.port} ({p.called_ae}) {reason}")
     try:
         yield assoc
-    finally:
+    except BaseException:
+        if assoc.is_established:  # stopped mid-operation (aborted, cancelled): no polite release
+            assoc.abort()
+        raise
+    else:
         if assoc.is_established:
             assoc.release()
 

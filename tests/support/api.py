@@ -149,7 +149,7 @@ def seed_publication(
         task_id, link_key, object_key = task.id, task.link_key, task.object_key or ""
         data = archive if archive is not None else tiny_archive()
         if status != TaskStatus.QUEUED:
-            assert claim(session, task_id, "seed")
+            assert claim(session, task_id, "seed", lease_seconds=settings.runs.lease_seconds)
         if status == TaskStatus.COMPLETED:
             storage = open_storage(settings)
             storage.ensure_ready()
@@ -169,7 +169,7 @@ def seed_publication(
                 profile_version="test",
             )
         elif status == TaskStatus.FAILED:
-            fail(session, task_id, StudyNotFound("the PACS has no study with this accession number"))
+            fail(session, settings, task_id, StudyNotFound("the PACS has no study with this accession number"))
         if save_till is not None:
             session.execute(update(Task).where(Task.id == task_id).values(save_till=save_till))
             session.commit()

@@ -90,12 +90,12 @@ def test_claim_is_exclusive_until_the_lease_expires(db_url: str) -> None:
     sessions = get_sessionmaker()
     with sessions() as session:
         task, _ = request_publication(session, s, _req())
-        assert claim(session, task.id, "run-a")
-        assert not claim(session, task.id, "run-b")
-        assert claim(session, task.id, "run-a")  # the same run retried
+        assert claim(session, task.id, "run-a", lease_seconds=60)
+        assert not claim(session, task.id, "run-b", lease_seconds=60)
+        assert claim(session, task.id, "run-a", lease_seconds=60)  # the same run retried
         get_task(session, task.id).lease_until = datetime.now(UTC) - timedelta(seconds=1)
         session.commit()
-        assert claim(session, task.id, "run-b")  # a crashed run's lease expired
+        assert claim(session, task.id, "run-b", lease_seconds=60)  # a crashed run's lease expired
 
 
 def test_checkpoints_advance_the_step_and_failure_keeps_a_readable_reason(db_url: str) -> None:
@@ -103,14 +103,16 @@ def test_checkpoints_advance_the_step_and_failure_keeps_a_readable_reason(db_url
     sessions = get_sessionmaker()
     with sessions() as session:
         task, _ = request_publication(session, s, _req())
-        claim(session, task.id, "run")
+        claim(session, task.id, "run", lease_seconds=60)
         save_checkpoint(session, task.id, Step.FIND, {"instances": 3})
         assert get_task(session, task.id).step == Step.RETRIEVE
-        failed = fail(session, task.id, StudyNotFound("study not found in PACS"))
+        failed = fail(session, s, task.id, StudyNotFound("study not found in PACS"))
         assert failed.status == TaskStatus.FAILED
         assert failed.reason == "retrieve: study not found in PACS"
+        assert failed.next_attempt_at is None and failed.waiting_for is None  # a verdict: no automatic retry
         # Unknown errors are named by type only: their text could carry DICOM contents.
-        failed = fail(session, task.id, RuntimeError("PatientName=DOE^JOHN"))
+        claim(session, task.id, "run", lease_seconds=60)
+        failed = fail(session, s, task.id, RuntimeError("PatientName=DOE^JOHN"))
         assert "DOE" not in (failed.reason or "") and "RuntimeError" in (failed.reason or "")
 
 
@@ -127,7 +129,8 @@ def test_complete_records_the_publication_once(db_url: str) -> None:
     }
     with sessions() as session:
         task, _ = request_publication(session, s, _req())
-        complete(session, s, task.id, archive=archive, profile_version="v")
-        pub = complete(session, s, task.id, archive=archive, profile_version="v")
+        claim(session, task.id, "run", lease_seconds=60)
+        complete(session, s, task.id, archive=archive, profile_version="v", owner="run")
+        pub = complete(session, s, task.id, archive=archive, profile_version="v", owner="run")  # a retried step
         assert get_task(session, task.id).status == TaskStatus.COMPLETED
         assert pub.object_key == task.object_key and pub.instances == 2

@@ -414,28 +414,3 @@ def test_two_erasures_at_once_erase_and_record_each_once(db_url: str) -> None:
     assert sorted(t for res in results for t in res) == sorted(s.task_id for s in seeded)
     for s in seeded:
         assert _audit_actions(s.task_id).count(r.ERASED_ACTION) == 1
-
-
-def test_a_run_that_stopped_heartbeating_is_failed_then_reachable_by_retention(db_url: str) -> None:
-    """A worker killed hard leaves a RUNNING task whose lease expired long ago: retention marks it FAILED with
-    a reason (so it can be retried or expire); a run whose lease is fresh is left alone."""
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
-    from studypub.db import get_sessionmaker
-    from studypub.models import Task, utcnow
-    from studypub.publications import fail_abandoned, get_task
-    from tests.support.api import seed_publication
-
-    dead = seed_publication("RUNNING")
-    alive = seed_publication("RUNNING")
-    with get_sessionmaker()() as session:
-        session.execute(update(Task).where(Task.id == dead.task_id).values(lease_until=utcnow() - timedelta(hours=1)))
-        session.commit()
-        assert fail_abandoned(session) == [dead.task_id]
-        assert fail_abandoned(session) == []
-        session.expire_all()
-        failed = get_task(session, dead.task_id)
-        assert failed.status == "FAILED" and failed.error_code == "abandoned" and "stopped" in (failed.reason or "")
-        assert get_task(session, alive.task_id).status == "RUNNING"

@@ -1,6 +1,7 @@
 """The dispatcher: hands recorded requests to Prefect. The endpoint records the request and answers at
-once; this thread (one per API process) creates the flow run of the ``publish`` deployment with an
-idempotency key, so several API processes, or a sweep racing a wake-up, still make one run per request.
+once; this thread (one per API process, and one in the worker, so publications queued by its watchdog or
+recorded while the API is down start too) creates the flow run of the ``publish`` deployment with an
+idempotency key, so several processes, or a sweep racing a wake-up, still make one run per request.
 While Prefect is unreachable the requests wait, with the reason written on them, and start when it is back.
 """
 
@@ -23,7 +24,7 @@ from studypub.publications import (
     queued_runs,
 )
 
-log = get_logger("api.dispatch")
+log = get_logger("dispatch")
 
 DEPLOYMENT = "publish-study/publish"
 RECONCILE_SWEEPS = 6  # every this many sweep intervals, check that queued publications' runs can still start
