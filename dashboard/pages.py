@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
@@ -28,11 +29,12 @@ from dashboard.render import PREFIX, redirect, render, secure_headers, zone
 from studypub.apikeys import create_key, list_keys, revoke_key
 from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
 from studypub.links import rate_limit_key
-from studypub.models import ManualRequest, Task, TaskStatus, User
+from studypub.models import ManualRequest, Task, TaskStatus, User, utcnow
 from studypub.overrides import OVERRIDABLE, current_values, effective_settings, save_overrides
 from studypub.publications import (
     PublicationRequest,
     audit,
+    can_retry,
     extend,
     get_task,
     identifier_problem,
@@ -165,8 +167,11 @@ def logout(request: Request, user: CurrentUser, session: SessionDep) -> Response
 
 # Queue ---------------------------------------------------------------------------------------------------------
 
+LIVE_STATUSES = (TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.FAILED)  # their reason says what goes on
+
 
 def _queue_json(settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    now = utcnow()
     return [
         {
             "task_id": r["id"],
@@ -176,7 +181,9 @@ def _queue_json(settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str
             "step": r["step"],
             "received": r["progress_received"],
             "expected": r["progress_expected"],
-            "reason": r["reason"] if r["status"] in (TaskStatus.FAILED, TaskStatus.QUEUED) else None,
+            "reason": r["reason"] if r["status"] in LIVE_STATUSES else None,
+            "waiting_for": r["waiting_for"],
+            "can_retry": can_retry(SimpleNamespace(**r), now),
             "size": r["size_bytes"],
             "created_at": r["created_at"].isoformat(),
             "run_url": _run_url(settings, r["flow_run_id"]),
@@ -305,6 +312,8 @@ def task_page(
         "link": link_url(settings, task.link_key),
         "run_url": _run_url(settings, task.flow_run_id),
         "can_extend": _can_extend(user, settings) and task.status not in (TaskStatus.EXPIRED, TaskStatus.DELETED),
+        "can_retry": can_retry(task),
+        "show_reason": bool(task.reason) and task.status in LIVE_STATUSES,
         "done": done if done in DONE_MESSAGES else None,
     }
     session.commit()
@@ -346,14 +355,15 @@ def republish_task(request: Request, task_id: str, user: AdminUser, session: Ses
 
 @router.post("/tasks/{task_id}/retry")
 def retry_task(request: Request, task_id: str, user: AdminUser, session: SessionDep) -> Response:
-    """Retry a failed publication: its Prefect run again (as the Prefect UI's Retry does: it resumes after the
-    last finished step), or a new run when it has none (it never started, or it was deleted)."""
+    """Retry a failed, stuck or waiting publication: a failed one's Prefect run again (as the Prefect UI's Retry
+    does: it resumes after the last finished step), otherwise a new run (its run died, never started, was
+    deleted, or it waits for a later attempt). Never refused because a dead run still holds it."""
     task = _task_or_404(session, task_id)
-    if task.status != TaskStatus.FAILED:
-        raise Conflict("only a failed publication can be retried")
+    if not can_retry(task):
+        raise Conflict("the publication is being prepared right now; there is nothing to retry")
     run_id = task.flow_run_id
     retried = False
-    if run_id:
+    if run_id and task.status == TaskStatus.FAILED:
         retried = _retry_prefect_run(run_id)
     if retried:
         audit(session, actor=_actor(user), action="publication.retried", task=task, details={"flow_run_id": run_id})

@@ -202,7 +202,13 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
         if settings.pacs.retrieve_method == "move" and port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
             server = start_receiver(settings)
         try:
+            _prefect_reachable()
             publish_study(task_id)
+            # A study not (yet) in the PACS: look again on the watchdog's schedule while this command waits.
+            while (task := current()).waiting_for == "study" and time.monotonic() < deadline:
+                due = task.next_attempt_at.timestamp() - time.time() if task.next_attempt_at else 0
+                time.sleep(max(0.0, min(due, deadline - time.monotonic())))
+                publish_study(task_id)
         except Exception as exc:
             # The flow records its own failures on the task. One that never started (Prefect unreachable, ...)
             # is recorded here, so the reason is visible; the exception type only (no message: no PHI).
@@ -225,6 +231,14 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
         view = result_view(session, settings, task)
     _emit(out, {k: v for k, v in view.items() if k not in ("progress", "save_till")})
     return EXIT_OK if task.status == TaskStatus.COMPLETED else EXIT_FAILED
+
+
+def _prefect_reachable() -> None:
+    """Fail early, naming the network error, when the Prefect API cannot be reached."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.hello()
 
 
 def linger_while_others_retrieve(settings: Any, timeout: float) -> None:

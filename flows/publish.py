@@ -38,6 +38,7 @@ from studypub.publications import (
     drop_checkpoints,
     fail,
     get_task,
+    release_lease,
     renew_lease,
     result_view,
     set_flow_run,
@@ -171,25 +172,49 @@ def _current_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
-def _mark_ended(reason: str, code: str) -> Any:
-    """A flow-run state hook: a run cancelled by an operator or crashed leaves a FAILED task with a reason,
-    not a RUNNING one (the next run resumes it)."""
+def _owned_run(flow_run: Any) -> tuple[Settings, str] | None:
+    """(settings, task id) when this flow run still holds its publication; else None (another run holds it
+    now, the watchdog resumed it: its work folder is not this run's to touch)."""
+    task_id = (flow_run.parameters or {}).get("task_id")
+    if not task_id:
+        return None
+    settings = get_settings()
+    with get_sessionmaker(settings)() as session:
+        task = get_task(session, task_id)
+        if task.status != TaskStatus.RUNNING or task.lease_owner != str(flow_run.id):
+            return None
+    return settings, task_id
 
-    def hook(_flow: Any, flow_run: Any, _state: Any) -> None:
-        task_id = (flow_run.parameters or {}).get("task_id")
-        if not task_id:
-            return
-        settings = get_settings()
-        with get_sessionmaker(settings)() as session:
-            task = get_task(session, task_id)
-            if task.status != TaskStatus.RUNNING or task.lease_owner != str(flow_run.id):
-                return  # another run holds it now (the watchdog resumed it): its folder is not ours to touch
-            paths = work_paths(settings.work_dir, task_id)
-            signal_abort(paths, reason)
-            paths.remove_identifiable()
-            fail(session, settings, task_id, PublicationError(reason, code=code), owner=str(flow_run.id))
 
-    return hook
+def _on_cancelled(_flow: Any, flow_run: Any, _state: Any) -> None:
+    """An operator cancelled the run in Prefect: the publication fails, saying so, and keeps no raw file."""
+    owned = _owned_run(flow_run)
+    if owned is None:
+        return
+    settings, task_id = owned
+    paths = work_paths(settings.work_dir, task_id)
+    signal_abort(paths, "the run was cancelled")
+    paths.remove_identifiable()
+    with get_sessionmaker(settings)() as session:
+        fail(
+            session,
+            settings,
+            task_id,
+            PublicationError("the run was cancelled in Prefect", code="cancelled"),
+            owner=str(flow_run.id),
+        )
+
+
+def _on_crashed(_flow: Any, flow_run: Any, _state: Any) -> None:
+    """The run's process died and its runner saw it: an interruption, resumed by the watchdog at once
+    (counted against ``runs.max_resumes``) instead of when the lease would have run out."""
+    owned = _owned_run(flow_run)
+    if owned is None:
+        return
+    settings, task_id = owned
+    work_paths(settings.work_dir, task_id).remove_identifiable()
+    with get_sessionmaker(settings)() as session:
+        release_lease(session, task_id, str(flow_run.id))
 
 
 @flow(
@@ -198,8 +223,8 @@ def _mark_ended(reason: str, code: str) -> Any:
     task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
     persist_result=False,
     log_prints=False,
-    on_cancellation=[_mark_ended("the run was cancelled in Prefect", "cancelled")],
-    on_crashed=[_mark_ended("the run crashed; it is retried automatically", "crashed")],
+    on_cancellation=[_on_cancelled],
+    on_crashed=[_on_crashed],
 )
 def publish_study(task_id: str) -> dict[str, Any]:
     """Publish one study. Returns the task's id, status and sizes (no identifiers)."""

@@ -192,6 +192,16 @@ def stuck_or_failed(now: datetime) -> Any:
     )
 
 
+def can_retry(row: Any, now: datetime | None = None) -> bool:
+    """The same rule as :func:`stuck_or_failed`, for a loaded row (what the dashboard offers a Retry on)."""
+    now = now or utcnow()
+    if row.status == TaskStatus.FAILED:
+        return True
+    if row.status == TaskStatus.RUNNING:
+        return row.lease_until is None or row.lease_until < now
+    return row.status == TaskStatus.QUEUED and not row.dispatch_pending and row.next_attempt_at is not None
+
+
 def requeue(session: Session, task_id: str, *, actor: str, automatic: bool = False) -> bool:
     """Ask for a new run of a failed, stuck or waiting publication (same task, same link); the dispatcher
     starts it and it resumes after the last finished step. False when another run is on it (or another
@@ -394,6 +404,17 @@ def renew_lease(session: Session, task_id: str, owner: str, *, lease_seconds: fl
     )
     session.commit()
     return bool(getattr(result, "rowcount", 0))
+
+
+def release_lease(session: Session, task_id: str, owner: str) -> None:
+    """End a run's lease now (its process died): the watchdog resumes the publication at its next pass."""
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.lease_owner == owner, Task.status == TaskStatus.RUNNING)
+        .values(lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 def note_waiting(session: Session, task_id: str, kind: Waiting | None, reason: str | None = None) -> None:

@@ -90,7 +90,7 @@
         link.href = r.run_url; link.target = "_blank"; link.rel = "noopener"; link.textContent = "Prefect";
         run.appendChild(link);
       }
-      if (admin && r.status === "FAILED") run.appendChild(retryForm(r.task_id));
+      if (admin && r.can_retry) run.appendChild(retryForm(r.task_id));
       tr.appendChild(run);
       body.appendChild(tr);
     });

@@ -75,7 +75,7 @@ def service(
         STUDYPUB_PACS__HOST=LOOPBACK,
         STUDYPUB_PACS__PORT=str(orthanc.dicom_port),
         STUDYPUB_PACS__CALLED_AE=orthanc.aet,
-        STUDYPUB_PACS__FIND_ATTEMPTS="1",
+        STUDYPUB_RUNS__STUDY_WAIT_HOURS="0",
         STUDYPUB_API__DISPATCH_INTERVAL="1",
     )
     for name, value in env.items():

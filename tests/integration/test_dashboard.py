@@ -444,6 +444,31 @@ def test_retry_of_a_failed_publication_without_a_run_queues_it_again(db_url: str
     assert "publication.requeued" in audit_actions("admin")
 
 
+def test_retry_of_a_stuck_publication_is_never_refused_but_a_live_run_is_left_alone(
+    db_url: str, dashboard: Any
+) -> None:
+    """A publication whose run died (its lease ran out) can be retried at once; one whose run is alive cannot."""
+    from sqlalchemy import update
+
+    from studypub.models import Task, utcnow
+
+    stuck = seed_publication(status="RUNNING")
+    alive = seed_publication(status="RUNNING")
+    with db() as session:
+        session.execute(update(Task).where(Task.id == stuck.task_id).values(lease_until=utcnow()))
+        session.commit()
+    api = dashboard()
+    with Browser(api.base_url) as b:
+        b.login("admin")
+        rows = {r["task_id"]: r for r in b.get("/dashboard/api/queue").json()["rows"]}
+        assert rows[stuck.task_id]["can_retry"] and not rows[alive.task_id]["can_retry"]
+        assert b.post(f"/dashboard/tasks/{stuck.task_id}/retry").status_code == 303
+        assert b.post(f"/dashboard/tasks/{alive.task_id}/retry").status_code == 409
+    task = task_row(stuck.task_id)
+    assert task.status == "QUEUED" and task.dispatch_pending and task.lease_owner is None
+    assert task_row(alive.task_id).status == "RUNNING"
+
+
 def test_retry_of_a_failed_run_is_prefects_retry(db_url: str, dashboard: Any, prefect_api_url: str) -> None:
     """A failed publication whose run failed: the dashboard's Retry sets that run to AwaitingRetry, as the
     Prefect UI's Retry does (the worker then resumes it after the last finished step)."""
@@ -687,7 +712,7 @@ def test_two_administrators_demoting_each_other_leave_one(pg_database: str, monk
     each other at the same moment, one succeeds and the other is refused."""
     import threading
 
-    from sqlalchemy import select
+    from sqlalchemy import delete, select
 
     from studypub.db import migrate
     from studypub.errors import Conflict
@@ -699,7 +724,7 @@ def test_two_administrators_demoting_each_other_leave_one(pg_database: str, monk
     get_settings.cache_clear()
     migrate()
     with db() as session:
-        session.execute(User.__table__.delete())
+        session.execute(delete(User))
         session.commit()
     first, second = make_user("adm1", "administrator"), make_user("adm2", "administrator")
     barrier = threading.Barrier(2)

@@ -128,7 +128,7 @@ def test_compose_environment_end_to_end(
         STUDYPUB_PACS__CALLED_AE=orthanc.aet,
         STUDYPUB_PACS__SCP_PORT=str(studypub_scp_port),
         STUDYPUB_PACS__SCP_BIND=LOOPBACK,
-        STUDYPUB_PACS__FIND_ATTEMPTS="1",
+        STUDYPUB_RUNS__STUDY_WAIT_HOURS="0",
         STUDYPUB_API__DISPATCH_INTERVAL="1",
         PREFECT_HOME=str(tmp_path / "prefect-client"),
     )

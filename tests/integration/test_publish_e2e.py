@@ -70,7 +70,7 @@ def base_env(isolated_env: Path, prefect_api_url: str, studypub_scp_port: int) -
         STUDYPUB_PACS__SCP_PORT=str(studypub_scp_port),
         STUDYPUB_PACS__SCP_BIND=LOOPBACK,
         STUDYPUB_PACS__CALLING_AE="STUDYPUB",
-        STUDYPUB_PACS__FIND_ATTEMPTS="1",
+        STUDYPUB_RUNS__STUDY_WAIT_HOURS="0",
         STUDYPUB_PREFECT__TASK_RETRY_DELAY="1",
         STUDYPUB_LINKS__PUBLIC_BASE_URL="https://studies.example.org",
     )
@@ -248,7 +248,8 @@ def test_pacs_down_then_back(
     studypub_scp_port: int,
     study_factory: Callable[..., GeneratedStudy],
 ) -> None:
-    """The PACS is not there when the publication starts; find retries until it comes up."""
+    """The PACS is not there when the publication starts: find waits for it (retrying with backoff, saying so);
+    it comes up without the study, which arrives a moment later: the publication looks for it again."""
     study = study_factory()
     port = free_port()
     env = dict(
@@ -256,8 +257,7 @@ def test_pacs_down_then_back(
         STUDYPUB_PACS__HOST=LOOPBACK,
         STUDYPUB_PACS__PORT=str(port),
         STUDYPUB_PACS__CALLED_AE="LATEPACS",
-        STUDYPUB_PACS__FIND_ATTEMPTS="8",
-        STUDYPUB_PACS__FIND_RETRY_DELAY="2",
+        STUDYPUB_RUNS__STUDY_RECHECK_SECONDS="2",
     )
     late = OrthancServer(
         tmp_path / "late-pacs",
