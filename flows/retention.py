@@ -1,5 +1,6 @@
 """The retention flow, on a schedule (``studypub worker`` serves it with ``retention.cron``; ``studypub
-retention`` runs it once): delete the archives whose storage period has passed (links answer 410), clean
+retention`` runs it once): delete the archives whose storage period has passed (links answer 410), keep
+storage clean (abort uploads a killed process left pending, delete objects no publication references), clean
 work folders and Prefect's persisted results older than the settings, and erase the identifiers of
 publications deleted long enough ago.
 
@@ -42,6 +43,16 @@ def delete_expired_archives(owner: str) -> dict[str, int]:
     with get_sessionmaker(settings)() as session:
         outcome = r.delete_expired(session, open_storage(settings), owner=owner)
     return {"archives_deleted": len(outcome.deleted), "deletions_failed": len(outcome.failed)}
+
+
+@task(name="clean-storage", **TASK_DEFAULTS)
+def clean_storage() -> dict[str, int]:
+    settings = get_settings()
+    with get_sessionmaker(settings)() as session:
+        outcome = r.clean_storage(
+            session, open_storage(settings), max_age=timedelta(hours=settings.retention.storage_grace_hours)
+        )
+    return {"uploads_aborted": outcome.uploads_aborted, "orphans_deleted": outcome.orphans_deleted}
 
 
 @task(name="clean-work-folders", **TASK_DEFAULTS)
@@ -97,13 +108,22 @@ def retention() -> dict[str, int]:
     report: dict[str, int] = {
         "archives_deleted": 0,
         "deletions_failed": 0,
+        "uploads_aborted": 0,
+        "orphans_deleted": 0,
         "work_folders_removed": 0,
         "result_files_removed": 0,
         "identifiers_erased": 0,
         "steps_failed": 0,
     }
-    states: dict[str, State[Any]] = {  # one after the other; a failed step does not stop the next
-        "delete-expired-archives": delete_expired_archives(owner, return_state=True),
+    # One step after the other; a failed step does not stop the next. Storage that has just failed archive
+    # deletions is not listed as well (that would report the same outage twice): the next run cleans it.
+    deleted = delete_expired_archives(owner, return_state=True)
+    states: dict[str, State[Any]] = {"delete-expired-archives": deleted}
+    if deleted.is_completed() and not deleted.result()["deletions_failed"]:
+        states["clean-storage"] = clean_storage(return_state=True)
+    else:
+        log.info("Storage cleaning skipped: archive deletions failed in this run; the next run cleans")
+    states |= {
         "clean-work-folders": clean_work_folders(return_state=True),
         "clean-prefect-results": clean_prefect_results(return_state=True),
         "erase-identifiers": erase_identifiers(return_state=True),

@@ -11,6 +11,10 @@ system (no Prefect here).
 - Prefect's persisted results (files under ``PREFECT_LOCAL_STORAGE_PATH``) older than the setting are removed.
 - After a further period, the PID, accession number and EMK id of deleted publications are erased, with the
   steps' records (the PACS's study UID) and any identifier in their audit events. The events stay.
+- Storage is kept clean of what no publication needs: multipart uploads left pending by a killed process
+  (their parts are kept, and billed, until aborted) and objects no publication references (a replaced archive
+  whose removal was interrupted). Only what is older than a grace period goes, so an upload in progress or
+  just finished is never touched, and never an object a publication row names.
 
 Everything is idempotent and safe to run twice at once, and each item is counted by exactly one run: an
 archive is deleted by the run holding a short deletion lease on its row and recorded by the one whose
@@ -34,10 +38,11 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from studypub import publications
 from studypub.errors import StudyPubError
 from studypub.logs import details, get_logger
-from studypub.models import AuditEvent, Task, TaskStatus, TaskStep, utcnow
-from studypub.publications import audit, claim_for_deletion, fail_abandoned, finish_deletion
+from studypub.models import AuditEvent, PublishedStudy, Task, TaskStatus, TaskStep, utcnow
+from studypub.publications import audit, claim_for_deletion, finish_deletion
 
 log = get_logger("retention")
 
@@ -141,8 +146,6 @@ def delete_expired(
     """Delete every due or EXPIRED publication's archive. One failure does not stop the others."""
     owner = owner or f"retention-{uuid.uuid4()}"
     outcome = DeletionOutcome()
-    for task_id in fail_abandoned(session):
-        log.warning("A run stopped without finishing; the publication is marked FAILED", extra=details(task_id=task_id))
     for task_id in deletion_candidates(session, now=now):
         try:
             result = delete_publication(session, storage, task_id, owner=owner)
@@ -363,3 +366,89 @@ def erase_identifiers(session: Session, *, after: timedelta, now: datetime | Non
             erased.append(task_id)
             log.info("Identifiers erased", extra=details(task_id=task_id))
     return erased
+
+
+# Storage hygiene --------------------------------------------------------------------------------------
+
+ARCHIVES_PREFIX = "archives/"  # under the storage prefix: where publications' objects go (new_object_key)
+# Pending uploads and unreferenced objects younger than this are left alone: an upload in progress, or one
+# that finished a moment ago. Longer than any upload takes (a 20 GB archive at 10 Mbit/s: about 4.5 h).
+STORAGE_GRACE = timedelta(hours=6)
+
+
+@dataclass
+class StorageOutcome:
+    uploads_aborted: int = 0  # pending uploads this run aborted
+    orphans_deleted: int = 0  # unreferenced objects this run deleted
+    kept_running: int = 0  # old pending uploads of a running publication (a slow upload), left alone
+
+
+def _running_keys(session: Session) -> set[str]:
+    keys = session.scalars(
+        select(Task.object_key).where(Task.status == TaskStatus.RUNNING, Task.object_key.is_not(None))
+    ).all()
+    session.commit()
+    return {k for k in keys if k}
+
+
+def referenced_keys(session: Session, keys: Iterable[str]) -> set[str]:
+    """Those of ``keys`` that a publication names: its object (``tasks.object_key``, whatever its status),
+    its published archive, or the archive a republication replaces."""
+    wanted = set(keys)
+    found: set[str] = set()
+    ordered = sorted(wanted)
+    for i in range(0, len(ordered), _IN_CHUNK):
+        chunk = ordered[i : i + _IN_CHUNK]
+        found.update(k for k in session.scalars(select(Task.object_key).where(Task.object_key.in_(chunk))) if k)
+        found.update(session.scalars(select(PublishedStudy.object_key).where(PublishedStudy.object_key.in_(chunk))))
+    if wanted - found:  # few rows: republications under way
+        for data in session.scalars(select(TaskStep.data).where(TaskStep.step == publications.REPLACES)):
+            key = (data or {}).get("object_key")
+            if key in wanted:
+                found.add(key)
+    session.commit()
+    return found
+
+
+def clean_storage(
+    session: Session, storage: Any, *, max_age: timedelta = STORAGE_GRACE, now: datetime | None = None
+) -> StorageOutcome:
+    """Abort pending uploads older than ``max_age`` under ``archives/`` (unless their publication is running:
+    a slow upload), then delete the objects there older than ``max_age`` that no publication references.
+
+    Safe to run twice at once and next to uploads: only what the listing showed old is touched, a pending
+    upload by its upload id (an attempt started since has another), and each object is checked against the
+    database once more just before it is deleted (keys are random and fixed before an upload starts, so an
+    object in storage is referenced before it exists). An upload is counted by the run that aborted it; on S3
+    an object deleted by two overlapping runs may be counted by both (S3 does not say whether it was there).
+    Storage errors propagate (``StorageUnavailable``; ``ConfigurationError`` when the access key may not list
+    or abort uploads); what is left is done by the next run."""
+    cutoff = (now or utcnow()) - max_age
+    outcome = StorageOutcome()
+
+    old_uploads = [u for u in storage.pending_uploads(ARCHIVES_PREFIX) if u.started <= cutoff]
+    running = _running_keys(session) if old_uploads else set()
+    for upload in old_uploads:
+        if upload.key in running:
+            outcome.kept_running += 1
+        elif storage.abort_upload(upload):
+            outcome.uploads_aborted += 1
+
+    old_objects = [o for o in storage.stored_objects(ARCHIVES_PREFIX) if o.modified <= cutoff]
+    referenced = referenced_keys(session, (o.key for o in old_objects))
+    for obj in old_objects:
+        if obj.key in referenced or referenced_keys(session, [obj.key]):
+            continue
+        if storage.delete(obj.key):
+            outcome.orphans_deleted += 1
+
+    if outcome.uploads_aborted or outcome.orphans_deleted or outcome.kept_running:
+        log.info(
+            "Storage cleaned",
+            extra=details(
+                uploads_aborted=outcome.uploads_aborted,
+                orphans_deleted=outcome.orphans_deleted,
+                kept_running=outcome.kept_running,
+            ),
+        )
+    return outcome

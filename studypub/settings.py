@@ -266,6 +266,14 @@ class RetentionSettings(BaseModel):
     results_max_age_days: float = Field(
         7, ge=0, description="Prefect's persisted results (PREFECT_LOCAL_STORAGE_PATH) older than this are removed."
     )
+    storage_grace_hours: float = Field(
+        6,
+        gt=0,
+        description=(
+            "Pending multipart uploads and objects no publication references, younger than this, are left alone "
+            "(an upload in progress or just finished); older ones are aborted or deleted by retention."
+        ),
+    )
     erase_identifiers_after_days: float = Field(
         30, ge=0, description="PID, accession and EMK id of deleted publications are erased after this many days."
     )

@@ -3,6 +3,13 @@
 Uploads are streamed and transactional: an upload that fails leaves no object (S3 multipart uploads are
 aborted; local files are written under a temporary name and renamed). Object keys are random and chosen by
 the caller, never derived from identifiers. The bucket stays private.
+
+A process killed mid-upload aborts nothing: its S3 multipart upload stays pending (its parts are stored, and
+billed, until someone aborts it) and a local upload leaves its ``.uploading`` file. So the next upload of a
+key first aborts what an earlier attempt at that key left (``abort_pending``), and retention lists what is
+pending or stored (``pending_uploads``, ``stored_objects``) to abort and delete what no publication needs.
+Only plain S3 calls are used (ListMultipartUploads, AbortMultipartUpload, ListObjectsV2), so it works the same
+on AWS, MinIO and other S3-compatible storage.
 """
 
 from __future__ import annotations
@@ -13,12 +20,35 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from studypub.errors import ConfigurationError, StorageUnavailable
 from studypub.settings import Settings
+
+UPLOADING_SUFFIX = ".uploading"  # a local upload in progress (or left by a killed process)
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An upload that was started and neither finished nor aborted: an S3 multipart upload, or a local
+    ``.uploading`` file (``upload_id`` None)."""
+
+    key: str
+    upload_id: str | None
+    started: datetime  # timezone-aware UTC; a local file: when it was last written
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: datetime  # timezone-aware UTC
+
+
+def _utc(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, UTC)
 
 
 @dataclass
@@ -40,7 +70,7 @@ class LocalStorage:
     def writer(self, key: str) -> Iterator[IO[bytes]]:
         final = self._path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + ".uploading")
+        tmp = final.with_name(final.name + UPLOADING_SUFFIX)
         try:
             with tmp.open("wb") as fh:
                 yield fh
@@ -56,8 +86,58 @@ class LocalStorage:
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+    def delete(self, key: str) -> bool:
+        """Delete an object (a missing one is fine). True for the call that deleted it (of two at once, one)."""
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def abort_pending(self, key: str) -> int:
+        """Remove what an interrupted upload of ``key`` left (its ``.uploading`` file). Returns how many
+        leftovers were removed (0 or 1). Call it before writing the key, never while another writer of the
+        same key may be running."""
+        tmp = self._path(key + UPLOADING_SUFFIX)
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            return 0
+        return 1
+
+    def _files_under(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        folder = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root.resolve()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return
+        base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    yield base + entry.name, entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        """The ``.uploading`` files directly under the folder ``prefix`` (e.g. ``archives/``), by key."""
+        return [
+            PendingUpload(key=name[: -len(UPLOADING_SUFFIX)], upload_id=None, started=_utc(st.st_mtime))
+            for name, st in self._files_under(prefix)
+            if name.endswith(UPLOADING_SUFFIX)
+        ]
+
+    def abort_upload(self, upload: PendingUpload) -> bool:
+        """Remove one leftover ``.uploading`` file. True for the call that removed it."""
+        return self.abort_pending(upload.key) == 1
+
+    def stored_objects(self, prefix: str) -> list[StoredObject]:
+        """The finished objects directly under the folder ``prefix`` (not the uploads in progress)."""
+        return [
+            StoredObject(key=name, modified=_utc(st.st_mtime))
+            for name, st in self._files_under(prefix)
+            if not name.endswith(UPLOADING_SUFFIX)
+        ]
 
     def path(self, key: str) -> Path:
         """The object's file (for serving it directly; HTTP Range is the server's business)."""
@@ -123,9 +203,83 @@ class S3Storage:
         self.fs.invalidate_cache()  # type: ignore[attr-defined]
         return int(self.fs.info(self._path(key))["size"])  # type: ignore[attr-defined]
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> bool:
+        """Delete an object (a missing one is fine). S3 does not say whether it was there: always True."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._path(key))  # type: ignore[attr-defined]
+        return True
+
+    def _call(self, method: str, **params: Any) -> dict[str, Any]:
+        """One S3 call through s3fs (its credentials, endpoint and retries); errors become typed ones."""
+        try:
+            return dict(self.fs.call_s3(method, Bucket=self.bucket, **params))  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            raise  # NoSuchUpload, NoSuchBucket: the caller decides
+        except PermissionError as exc:  # retrying does not help: the access key's policy must change
+            raise ConfigurationError(
+                f"Storage refused {method}: the access key needs s3:ListBucket, s3:ListBucketMultipartUploads "
+                "and s3:AbortMultipartUpload on the bucket"
+            ) from exc
+        except Exception as exc:
+            raise StorageUnavailable(f"Storage is unreachable: {type(exc).__name__}") from exc
+
+    def _uploads(self, prefix: str) -> Iterator[PendingUpload]:
+        """Pending multipart uploads whose full key starts with the storage prefix + ``prefix``."""
+        params: dict[str, Any] = {"Prefix": self.prefix + prefix}
+        while True:
+            try:
+                page = self._call("list_multipart_uploads", **params)
+            except FileNotFoundError:  # no bucket (yet): nothing pending
+                return
+            for upload in page.get("Uploads") or []:
+                full = str(upload["Key"])
+                if full.startswith(self.prefix):
+                    yield PendingUpload(
+                        key=full[len(self.prefix) :], upload_id=str(upload["UploadId"]), started=upload["Initiated"]
+                    )
+            if not page.get("IsTruncated"):
+                return
+            params["KeyMarker"] = page.get("NextKeyMarker", "")
+            params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def abort_upload(self, upload: PendingUpload) -> bool:
+        """Abort one pending multipart upload (its parts are deleted). True if this call aborted it; False
+        if it was gone already (finished, or aborted by someone else)."""
+        try:
+            self._call("abort_multipart_upload", Key=self.prefix + upload.key, UploadId=upload.upload_id)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def abort_pending(self, key: str) -> int:
+        """Abort every pending multipart upload of exactly ``key``: what an interrupted earlier attempt left.
+        Returns how many this call aborted. Call it before writing the key, never while another writer of
+        the same key may be running (it would abort that writer's upload)."""
+        return sum(self.abort_upload(u) for u in list(self._uploads(key)) if u.key == key)
+
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Every pending multipart upload under ``prefix`` (e.g. ``archives/``), keys without the storage
+        prefix."""
+        return list(self._uploads(prefix))
+
+    def stored_objects(self, prefix: str) -> list[StoredObject]:
+        """Every object under ``prefix`` (e.g. ``archives/``) with its LastModified, keys without the storage
+        prefix. (An object made by a multipart upload appears when the upload is completed; AWS dates it from
+        the upload's start.)"""
+        found: list[StoredObject] = []
+        params: dict[str, Any] = {"Prefix": self.prefix + prefix}
+        while True:
+            try:
+                page = self._call("list_objects_v2", **params)
+            except FileNotFoundError:  # no bucket (yet): nothing stored
+                return found
+            for obj in page.get("Contents") or []:
+                full = str(obj["Key"])
+                if full.startswith(self.prefix):
+                    found.append(StoredObject(key=full[len(self.prefix) :], modified=obj["LastModified"]))
+            if not page.get("IsTruncated"):
+                return found
+            params["ContinuationToken"] = page["NextContinuationToken"]
 
     def presigned_url(self, key: str, expires: int, filename: str) -> str:
         """A short-lived GET URL (SigV4) for the object that downloads as ``filename`` and is not cached.

@@ -2,7 +2,9 @@
 
 The object key was fixed when the request was recorded (random, not derived from identifiers). The upload is
 transactional: a failure leaves no object (multipart upload aborted / temporary file removed); a retry starts
-the object again under the same key, so there is never a second object.
+the object again under the same key, so there is never a second object. A process killed mid-upload aborts
+nothing, so every attempt first aborts what earlier attempts at its key left pending (only this publication
+writes its key, and only one run of it at a time); retention aborts what no attempt comes back for.
 """
 
 from __future__ import annotations
@@ -14,19 +16,27 @@ from typing import Any
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from studypub.errors import PublicationError
+from studypub.errors import ConfigurationError, PublicationError
+from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Step
 from studypub.publications import save_checkpoint
 from studypub.spool import WorkPaths, follow_growing_file, read_done
 from studypub.storage import LocalStorage, S3Storage, open_storage
-from tasks.common import TASK_DEFAULTS, retry_if_transient, step_context
+from tasks.common import TASK_DEFAULTS, retry_if_transient, ride_through, step_context
 
 log = get_logger("tasks.upload")
 
 
 def upload_archive(storage: LocalStorage | S3Storage, paths: WorkPaths, object_key: str) -> dict[str, Any]:
     storage.ensure_ready()
+    try:
+        aborted = storage.abort_pending(object_key)
+    except ConfigurationError as exc:  # the access key may not list uploads (a PUT/GET-only policy): go on
+        log.warning("Interrupted uploads could not be looked for", extra=details(error=exc.reason))
+    else:
+        if aborted:
+            log.info("Uploads left by an interrupted attempt were aborted", extra=details(count=aborted))
     sha = hashlib.sha256()
     size = 0
     started = time.monotonic()
@@ -57,7 +67,8 @@ def upload(task_id: str) -> int:
         if done is not None:
             return int(done["size_bytes"])
         assert ctx.task.object_key
-        result = upload_archive(open_storage(ctx.settings), ctx.paths, ctx.task.object_key)
+        storage, key = open_storage(ctx.settings), ctx.task.object_key
+        result = ride_through(ctx, Waiting.STORAGE, lambda: upload_archive(storage, ctx.paths, key))
         save_checkpoint(ctx.session, task_id, Step.UPLOAD, result)
         log.info(
             "Archive uploaded",

@@ -313,7 +313,12 @@ def test_failed_publication_resumes_without_a_second_link_or_object(
 ) -> None:
     study = study_factory()
     orthanc.upload(study.paths)
-    env = dict(s3_env(orthanc_env, s3_server, s3_bucket), STUDYPUB_PREFECT__TASK_RETRIES="0")
+    # No patience with the storage outage: the publication fails at once (with an automatic retry due later).
+    env = dict(
+        s3_env(orthanc_env, s3_server, s3_bucket),
+        STUDYPUB_PREFECT__TASK_RETRIES="0",
+        STUDYPUB_RUNS__OUTAGE_PATIENCE_SECONDS="0",
+    )
     s3_server.stop()
     code, failed, _ = run_publish(env, study)
     assert code == 1 and failed["status"] == "FAILED" and failed["step"] == "upload"
@@ -423,7 +428,12 @@ def test_failed_run_retried_from_prefect_resumes_through_the_deployment(
 
     study = study_factory()
     orthanc.upload(study.paths)
-    env = dict(s3_env(orthanc_env, s3_server, s3_bucket), STUDYPUB_PREFECT__TASK_RETRIES="0")
+    # No patience with the storage outage: the publication fails at once (with an automatic retry due later).
+    env = dict(
+        s3_env(orthanc_env, s3_server, s3_bucket),
+        STUDYPUB_PREFECT__TASK_RETRIES="0",
+        STUDYPUB_RUNS__OUTAGE_PATIENCE_SECONDS="0",
+    )
     for name, value in env.items():  # the API process and this test's own database access see the same
         if name.startswith(("STUDYPUB_", "PREFECT_API_URL")):
             monkeypatch.setenv(name, value)

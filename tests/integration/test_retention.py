@@ -27,20 +27,8 @@ from studypub.settings import get_settings
 from studypub.storage import open_storage
 from tests.support.api import Seeded, past, seed_publication
 from tests.support.net import LOOPBACK, free_port, wait_for
+from tests.support.retention import ZERO, counts
 from tests.support.worker import ARTIFACTS, STUDYPUB, find_deployment, running_worker
-
-ZERO = {
-    "archives_deleted": 0,
-    "deletions_failed": 0,
-    "work_folders_removed": 0,
-    "result_files_removed": 0,
-    "identifiers_erased": 0,
-    "steps_failed": 0,
-}
-
-
-def counts(**values: int) -> dict[str, int]:
-    return dict(ZERO, **values)
 
 
 @pytest.fixture
