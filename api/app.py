@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    # Inside the size limit: it never reads more than the limit allows. The link pages answer a malformed key
+    # (NUL or not) with the same 404 as an unknown one.
+    app.add_middleware(errors.RefuseNul, own_path_misses=("/s/",))
     app.add_middleware(errors.BodySizeLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(links.LinkHygiene)
     app.include_router(publish.router)

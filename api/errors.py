@@ -1,11 +1,17 @@
 """Errors become HTTP responses in one place: ``{"code", "detail", "errors"?}``. Bad input is a 4xx with a
-reason; trouble with a dependency is a 503; nothing echoes the request's values back (they may be PHI)."""
+reason; trouble with a dependency is a 503; nothing echoes the request's values back (they may be PHI).
+
+Two middlewares guard every route (the MIS API, the link pages, the dashboard, static files) before any of it
+runs: :class:`BodySizeLimit` (413) and :class:`RefuseNul` (422 for a NUL character anywhere in the input).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +35,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "request_too_large",
     415: "unsupported_media_type",
+    422: "invalid_request",
     429: "too_many_requests",
 }
 
@@ -117,7 +124,8 @@ async def _studypub(request: Request, exc: StudyPubError) -> Response:
 
 async def _http(request: Request, exc: StarletteHTTPException) -> Response:
     code = _HTTP_CODES.get(exc.status_code, "error")
-    return _answer(request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    errors = exc.errors if isinstance(exc, NulInRequest) else None
+    return _answer(request, exc.status_code, code, str(exc.detail), errors, headers=getattr(exc, "headers", None))
 
 
 async def _database(request: Request, exc: Exception) -> Response:
@@ -177,3 +185,127 @@ class BodySizeLimit:
 
 async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+# NUL characters ------------------------------------------------------------------------------------------------
+
+NUL_MESSAGE = "contains a NUL character (a zero byte, %00), which no field accepts"
+_FORM = "application/x-www-form-urlencoded"
+# A JSON string's \u0000 escape, not preceded by an escaped backslash ("\\u0000" is the text "\u0000").
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class NulInRequest(StarletteHTTPException):
+    """A NUL character in the request body (raised while the body is read: FastAPI passes it on)."""
+
+    def __init__(self, field: str = "body") -> None:
+        super().__init__(422, f"{field}: {NUL_MESSAGE}")
+        self.errors = [{"field": field, "message": NUL_MESSAGE}]
+
+
+def _nul_in_url(scope: Scope, own_path_misses: tuple[str, ...]) -> str | None:
+    path: str = scope.get("path", "")
+    if "\x00" in path and not path.startswith(own_path_misses):
+        return "path"
+    query: bytes = scope.get("query_string", b"")
+    if b"\x00" in query or b"%00" in query:  # a literal % is %25: "%00" is always an encoded NUL
+        return "query"
+    return None
+
+
+def _content_type(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return str(value.decode("latin-1").split(";", 1)[0].strip().lower())
+    return ""
+
+
+def _json_nul_at(value: Any, loc: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """Where in a parsed JSON document the first NUL is (a key or a string value), or None."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return (*loc, key)
+        found = _json_nul_at(item, (*loc, key))
+        if found is not None:
+            return found
+    return None
+
+
+def _nul_field(body: bytes, kind: str) -> str:
+    """The field a NUL is in, named as validation errors name fields (a key that is not a plain field name, such
+    as one holding the NUL itself, is "(unknown field)"), or "body" when that cannot be told."""
+    try:
+        if kind == "form":
+            for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+                if "\x00" in name or "\x00" in value:
+                    return _field((name,))
+        elif kind == "json":
+            loc = _json_nul_at(json.loads(body))
+            if loc is not None:
+                return _field(loc)
+    except (ValueError, RecursionError):
+        pass
+    return "body"
+
+
+class RefuseNul:
+    """Refuse a NUL character anywhere in a request's input with 422 and a reason in words, for every route.
+
+    PostgreSQL cannot hold one in text (psycopg2 raises ``ValueError``, which was a 500), SQLite keeps it
+    silently, and no field of this service means one. Checked once, before any route runs: the path (path
+    parameters), the query string (filters), and the body (form fields, percent-encoded or raw; JSON strings,
+    as ``\\u0000``; a raw zero byte in any body). A path or query answers at once. A body is checked when its
+    last part has been read and, with a NUL, :class:`NulInRequest` (naming the field) is raised from ``receive``
+    (like :class:`BodySizeLimit`): FastAPI passes it through its body parsing to the handler above, so the
+    route never sees the value. The body kept meanwhile is bounded by :class:`BodySizeLimit`, outside this one.
+
+    ``own_path_misses``: path prefixes whose routes answer a malformed path themselves, the same way as any
+    other miss (the patient's link pages: every unknown key, NUL or not, gets the same 404 page, and
+    :func:`studypub.links.find_link` never sends a malformed key to the database). Their query and body are
+    still checked.
+    """
+
+    def __init__(self, app: ASGIApp, own_path_misses: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.own_path_misses = own_path_misses
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        where = _nul_in_url(scope, self.own_path_misses)
+        if where is not None:
+            response = _answer(
+                Request(scope),
+                422,
+                "invalid_request",
+                f"{where}: {NUL_MESSAGE}",
+                [{"field": where, "message": NUL_MESSAGE}],
+            )
+            await response(scope, receive, send)
+            return
+        content_type = _content_type(scope)
+        # FastAPI reads a body without a content type as JSON.
+        kind = "form" if content_type == _FORM else "json" if content_type.endswith(("/json", "+json")) else ""
+        kind = kind or ("json" if not content_type else "other")
+        body = bytearray()
+
+        async def checked() -> Message:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            body.extend(message.get("body", b""))
+            if not message.get("more_body", False):
+                nul = b"\x00" in body
+                if kind == "form":
+                    nul = nul or b"%00" in body
+                elif kind == "json":
+                    nul = nul or _JSON_NUL.search(body) is not None
+                if nul:
+                    raise NulInRequest(_nul_field(bytes(body), kind))
+            return message
+
+        await self.app(scope, checked, send)

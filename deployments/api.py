@@ -1,7 +1,8 @@
 """``studypub api``: the API and the patient's link pages, served by uvicorn with the project's JSON logs.
 
 Client addresses (rate limits, the audit's coarse client info) come from X-Forwarded-For only when the
-request comes from a trusted proxy (``STUDYPUB_API__TRUSTED_PROXIES``).
+request comes from a trusted proxy (``STUDYPUB_API__TRUSTED_PROXIES``). Empty (the default) trusts no proxy:
+uvicorn's proxy-headers middleware is not even installed, so no client can choose its own address.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ LOG_CONFIG: dict[str, Any] = {
 }
 
 
+def trusted_proxies(settings: Settings) -> list[str]:
+    """The configured proxies (addresses or CIDR networks); empty: trust none."""
+    return [item.strip() for item in settings.api.trusted_proxies.split(",") if item.strip()]
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy options. Never ``forwarded_allow_ips=None``: uvicorn would then trust
+    ``$FORWARDED_ALLOW_IPS`` or 127.0.0.1, and any local client could spoof its address."""
+    proxies = trusted_proxies(settings)
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies}
+
+
 def serve_api(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
@@ -40,8 +53,7 @@ def serve_api(settings: Settings, *, host: str | None = None, port: int | None =
         host=host or settings.api.host,
         port=port or settings.api.port,
         workers=settings.api.workers,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.api.trusted_proxies,
+        **proxy_options(settings),
         log_config=LOG_CONFIG,
         access_log=False,  # access lines would carry link keys; the app audits what matters
         server_header=False,

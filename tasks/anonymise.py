@@ -44,6 +44,14 @@ def deid_options(settings: Settings) -> DeidOptions:
     )
 
 
+def withheld_text(result: dict[str, Any]) -> str:
+    """Why nothing is left, e.g. "all 3 instances were withheld (burned_in_annotation: 2, pixel_data_short: 1)"."""
+    if not result["withheld"]:
+        return "no instance was received"
+    reasons = ", ".join(f"{code}: {n}" for code, n in sorted(result["withheld_reasons"].items()))
+    return f"all {result['withheld']} instances were withheld ({reasons})"
+
+
 def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None) -> dict[str, Any]:
     """Anonymise every file that appears in ``paths.raw`` (until retrieval is done) into ``paths.clean``."""
     options = deid_options(settings)
@@ -115,9 +123,7 @@ def anonymise(task_id: str) -> int:
         expected = (ctx.task.checkpoints.get(Step.FIND.value) or {}).get("instances")
         result = anonymise_spool(ctx.settings, uid_key(ctx.settings, ctx.task.uid_salt), ctx.paths, expected=expected)
         if result["instances"] == 0:
-            raise AnonymisationFailed(
-                f"nothing left to publish: all {result['withheld']} instances were withheld by the burned-in policy"
-            )
+            raise AnonymisationFailed(f"nothing left to publish: {withheld_text(result)}")
         save_checkpoint(ctx.session, task_id, Step.ANONYMISE, result)
         mark_done(ctx.paths, "clean", result)
         log.info(

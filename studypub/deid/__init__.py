@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         VerificationContext,
         burned_in_reason,
         is_well_known_uid,
+        pixel_data_reason,
         verify_file,
     )
 
@@ -33,6 +34,7 @@ _ENGINE_NAMES = {
     "VerificationContext",
     "burned_in_reason",
     "is_well_known_uid",
+    "pixel_data_reason",
     "verify_file",
 }
 
@@ -62,5 +64,6 @@ __all__ = [
     "VerificationContext",
     "burned_in_reason",
     "is_well_known_uid",
+    "pixel_data_reason",
     "verify_file",
 ]

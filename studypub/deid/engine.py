@@ -6,7 +6,8 @@ Pure and deterministic: no logging, no network, no global mutable state. One :cl
 ``anonymise_file`` reads the source, applies the :class:`~studypub.deid.profile.Profile` decisions at every
 depth, regenerates the file meta, writes a temporary file, re-reads and verifies it (:func:`verify_file`,
 fail closed) and only then renames it to ``dst``. Pixel Data and waveform data are never decoded:
-encapsulated (compressed) pixel data is written back byte-for-byte.
+encapsulated (compressed) pixel data is written back byte-for-byte. An instance whose pixel data is shorter
+than its header says (:mod:`studypub.deid.pixels`) is withheld, like one that may show identity in its pixels.
 
 CLI: ``python -m studypub.deid.engine --describe`` prints what the profile does;
 ``python -m studypub.deid.engine --bench DIR [--generate 400] [--processes 1,2]`` measures the rate.
@@ -43,8 +44,9 @@ from pydicom.uid import (
     UID_dictionary,
 )
 
-from studypub.deid import codec
+from studypub.deid import codec, pixels
 from studypub.deid.errors import BurnedInPolicyError, DeidError, DeidVerificationError, UnreadableDicomError
+from studypub.deid.pixels import pixel_data_reason
 from studypub.deid.profile import (
     CLASS_UID,
     DATE_VRS,
@@ -77,6 +79,7 @@ __all__ = [
     "VerificationContext",
     "burned_in_reason",
     "is_well_known_uid",
+    "pixel_data_reason",
     "verify_file",
 ]
 
@@ -94,6 +97,7 @@ ENCAPSULATED_DOCUMENT_CLASSES = frozenset(
     }
 )
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+SOP_INSTANCE_UID = 0x00080018
 ENCAPSULATED_DOCUMENT = 0x00420011
 ENCAPSULATED_DOCUMENT_LENGTH = 0x00420015
 MIME_TYPE_OF_ENCAPSULATED_DOCUMENT = 0x00420012
@@ -375,9 +379,10 @@ class StudyAnonymiser:
 
     # -- public entry point
     def anonymise_file(self, src: Path | str, dst: Path | str) -> InstanceOutcome:
-        """De-identify `src` into `dst` (atomic, verified). A withheld instance writes nothing."""
+        """De-identify `src` into `dst` (atomic, verified). A withheld instance writes nothing: one whose pixel
+        data is damaged (always) or that may show identity in its pixels (unless the policy says include)."""
         src, dst = Path(src), Path(dst)
-        ds = _read_source(src)
+        ds, pixels_cut = _read_source(src)
         meta = ds.file_meta
         ts = _first(meta, 0x00020010)
         sop_class = _first(ds, 0x00080016) or _first(meta, 0x00020002)
@@ -385,6 +390,9 @@ class StudyAnonymiser:
         if not ts or not sop_class or not sop_instance:
             raise UnreadableDicomError("source lacks TransferSyntaxUID, SOPClassUID or SOPInstanceUID")
 
+        damaged = pixels.SHORT if pixels_cut else pixel_data_reason(ds, ts)
+        if damaged is not None:  # whatever the burned-in policy: a viewer cannot show what is not there
+            return self._outcome(ds, sop_class, self.new_uid(sop_instance), ts, 0, withheld=damaged)
         reason = burned_in_reason(ds)
         if reason is not None and self.options.burned_in_policy != "include":
             if self.options.burned_in_policy == "fail":
@@ -641,14 +649,22 @@ def _rebuild_anonymiser(uid_key: bytes, options: DeidOptions) -> StudyAnonymiser
     return StudyAnonymiser(uid_key, options)
 
 
-def _read_source(src: Path) -> Dataset:
+def _read_source(src: Path) -> tuple[Dataset, bool]:
+    """The source dataset, and whether the file ends inside its pixel data. pydicom gives up the whole dataset
+    when a file ends inside undefined-length (encapsulated) pixel data: then the header before the pixel data
+    is read alone, and the instance is withheld (a defined-length value cut short reads as a short value)."""
     try:
         ds = dcmread(src)
+        cut = False
+        if SOP_INSTANCE_UID not in ds:
+            header = dcmread(src, stop_before_pixels=True)
+            if SOP_INSTANCE_UID in header:
+                ds, cut = header, True
     except (InvalidDicomError, EOFError, struct.error, ValueError, KeyError, TypeError) as exc:
         raise UnreadableDicomError(f"not a readable DICOM Part-10 file ({type(exc).__name__})") from None
     if not getattr(ds, "file_meta", None):
         raise UnreadableDicomError("no file meta information")
-    return ds
+    return ds, cut
 
 
 # ------------------------------------------------------------------------------------------- verifier

@@ -169,9 +169,9 @@ def test_bad_payloads_get_422_with_a_reason(mis: httpx.Client) -> None:
     r = mis.post("/publish", content=b'{"patient_id": NaN}', headers={"Content-Type": "application/json"})
     assert r.status_code == 422
     assert mis.get("/publish/../../etc/passwd").status_code == 404
-    for bad_id in ("x" * 5000, "a%00b", "not-a-task"):
+    for bad_id, mention in (("x" * 5000, "task id"), ("a%00b", "NUL character"), ("not-a-task", "task id")):
         r = mis.get(f"/publish/{bad_id}")
-        assert r.status_code == 422 and "task id" in r.json()["detail"], (bad_id, r.text)
+        assert r.status_code == 422 and mention in r.json()["detail"], (bad_id, r.text)
         assert mis.post(f"/publish/{bad_id}/extend", json={"save_till_date": iso(5)}).status_code == 422
     # Nothing was recorded by any of them.
     from sqlalchemy import func, select

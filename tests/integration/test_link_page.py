@@ -203,7 +203,7 @@ def test_each_state_renders_in_russian_and_english(db_url: str, api_server: Any)
 
 def test_preview_bots_and_phones_are_told_apart_in_the_audit(sqlite_db: None, api_server: Any) -> None:
     seed = seed_publication()
-    api = api_server()
+    api = api_server(STUDYPUB_API__TRUSTED_PROXIES="127.0.0.1")  # as behind a local nginx
     with api.client() as c:
         assert c.get(f"/s/{seed.link_key}", headers={"User-Agent": TELEGRAM_PREVIEW}).status_code == 200
         r = c.get(f"/s/{seed.link_key}", headers={"User-Agent": IPHONE, "X-Forwarded-For": "203.0.113.77"})
@@ -212,7 +212,7 @@ def test_preview_bots_and_phones_are_told_apart_in_the_audit(sqlite_db: None, ap
     views = sorted(audits(seed.task_id, "link.viewed"), key=lambda e: e.id)
     assert [(v.details["ua"], v.details["net"]) for v in views] == [
         ("bot", "127.0.0.0/24"),
-        ("mobile", "203.0.113.0/24"),  # the proxy's X-Forwarded-For (127.0.0.1 is trusted), only its /24
+        ("mobile", "203.0.113.0/24"),  # the proxy's X-Forwarded-For (127.0.0.1 is configured), only its /24
         ("bot", "2001:db8:1::/48"),  # httpx's own user agent: a script
     ]
     assert publication(seed.task_id).downloads == 0 and publication(seed.task_id).last_download_at is None
@@ -440,7 +440,7 @@ def test_s3_download_redirects_to_a_short_lived_presigned_url(
 
 def test_rate_limit_per_client_address(sqlite_db: None, api_server: Any) -> None:
     seed = seed_publication()
-    api = api_server(STUDYPUB_LINKS__RATE_LIMIT="5/minute")
+    api = api_server(STUDYPUB_LINKS__RATE_LIMIT="5/minute", STUDYPUB_API__TRUSTED_PROXIES="127.0.0.1")
     a = {"X-Forwarded-For": "198.51.100.7", "Accept-Language": "en"}
     b = {"X-Forwarded-For": "198.51.100.8"}
     with api.client() as c:
@@ -456,6 +456,20 @@ def test_rate_limit_per_client_address(sqlite_db: None, api_server: Any) -> None
         assert c.get(f"/s/{seed.link_key}", headers=b).status_code == 200  # another address is not limited
         assert c.get("/health", headers=a).status_code == 200  # only the link routes are limited
     assert publication(seed.task_id).downloads == 1  # the refused download did not count
+
+
+def test_no_proxy_is_trusted_unless_configured(sqlite_db: None, api_server: Any) -> None:
+    """By default X-Forwarded-For is ignored: a client cannot choose its address to get past the rate limit
+    (every request here comes from 127.0.0.1, whatever it claims), and the audit keeps the real address."""
+    seed = seed_publication()
+    api = api_server(STUDYPUB_LINKS__RATE_LIMIT="3/minute")  # STUDYPUB_API__TRUSTED_PROXIES unset: the default
+    with api.client() as c:
+        for n in range(3):
+            spoofed = {"X-Forwarded-For": f"198.51.100.{n + 1}", "X-Forwarded-Proto": "https"}
+            assert c.get(f"/s/{seed.link_key}", headers=spoofed).status_code == 200
+        assert c.get(f"/s/{seed.link_key}", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 429
+    views = audits(seed.task_id, "link.viewed")
+    assert [v.details["net"] for v in views] == ["127.0.0.0/24"] * 3
 
 
 # Failures -----------------------------------------------------------------------------------------------------
