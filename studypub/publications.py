@@ -417,12 +417,14 @@ def release_lease(session: Session, task_id: str, owner: str) -> None:
     session.commit()
 
 
-def note_waiting(session: Session, task_id: str, kind: Waiting | None, reason: str | None = None) -> None:
-    """Say what a running publication waits for (the PACS, the storage, a slot), or that it no longer waits.
-    The status stays RUNNING: the run is alive and will go on by itself."""
+def note_waiting(
+    session: Session, task_id: str, kind: Waiting | None, reason: str | None = None, *, ended: Waiting | None = None
+) -> None:
+    """Say what a running publication waits for (the PACS, the storage, a slot), or (``kind`` None) that it no
+    longer waits: for anything, or only for ``ended``. The status stays RUNNING: the run is alive and goes on."""
     if kind is None:
         values: dict[str, Any] = {"reason": None, **NOT_WAITING}
-        cond = [Task.waiting_for.is_not(None)]
+        cond = [Task.waiting_for.is_not(None) if ended is None else Task.waiting_for == ended.value]
     else:
         values = waiting(kind, reason or kind.value)
         same = session.scalar(select(Task.waiting_for).where(Task.id == task_id)) == kind.value

@@ -105,7 +105,7 @@ def _in_slot(ctx: StepContext, study: dict, progress) -> int:  # type: ignore[no
         on_wait=on_wait,
         should_stop=lambda: check_abort(ctx.paths),
     ):
-        note_waiting(ctx.session, task_id, None)
+        note_waiting(ctx.session, task_id, None, ended=Waiting.SLOT)  # a wait for the PACS itself goes on
         return retrieve_study(settings, study, ctx.paths, progress, owner=task_id)
 
 

@@ -1,22 +1,35 @@
 """A TCP proxy that can be cut and restored: makes a real server (Prefect) unreachable for a while without
-stopping it."""
+stopping it. ``rate`` (bytes per second per connection and direction, None: as fast as it goes) slows the
+traffic through it, so that a test can act in the middle of a transfer; it may be changed at any time."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 from tests.support.net import LOOPBACK, free_port
 
 
 class TcpProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, port: int | None = None) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, port: int | None = None, rate: float | None = None
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.port = port or free_port()
+        self.rate = rate
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _chunk(self) -> int:
+        rate = self.rate
+        return 65536 if not rate else max(1024, min(65536, int(rate / 20)))
 
     @property
     def running(self) -> bool:
@@ -62,11 +75,12 @@ class TcpProxy:
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while data := src.recv(65536):
+            while data := src.recv(self._chunk()):
                 dst.sendall(data)
+                if rate := self.rate:
+                    time.sleep(len(data) / rate)
         except OSError:
             pass
         finally:
