@@ -122,7 +122,7 @@ def move(
 
 def waiting(kind: Waiting, reason: str, *, since: Any = None) -> dict[str, Any]:
     """The columns that say a publication waits: what for, since when (kept while the same wait goes on)."""
-    return {"waiting_for": kind.value, "waiting_since": since or utcnow(), "reason": reason}
+    return {"waiting_for": kind.value, "waiting_since": utcnow() if since is None else since, "reason": reason}
 
 
 NOT_WAITING: Mapping[str, Any] = {"waiting_for": None, "waiting_since": None}

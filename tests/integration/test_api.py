@@ -209,8 +209,11 @@ def test_answers_follow_the_publication_state(mis: httpx.Client) -> None:
     # Queued: 202, same task and link. While Prefect is unreachable the reason says so.
     again = mis.post("/publish", json=BODY).json()
     assert (again["task_id"], again["link"]) == (first["task_id"], first["link"])
-    status = wait_for(lambda: (s := mis.get(first["status_url"]).json())["reason"] and s, 60, "the dispatch reason")
+    status = wait_for(
+        lambda: (s := mis.get(first["status_url"]).json())["waiting_for"] == "prefect" and s, 60, "the dispatch reason"
+    )
     assert "Prefect is unreachable" in status["reason"] and status["progress"] == {"received": None, "expected": None}
+    assert status["waiting_since"] is not None
 
     # Published and not expired: 200 with the existing link and its size.
     done = seed_publication(patient_id="P1", accession="A1")
@@ -359,13 +362,16 @@ def test_requests_wait_while_prefect_is_unreachable_and_start_when_it_is_back(
             r = c.post("/publish", json=dict(BODY, accession_number="DOWN1"))
             assert r.status_code == 202 and r.json()["link"]
             task_id = r.json()["task_id"]
-            waiting = wait_for(lambda: (s := c.get(f"/publish/{task_id}").json())["reason"] and s, 60, "reason")
+            waiting = wait_for(
+                lambda: (s := c.get(f"/publish/{task_id}").json())["waiting_for"] == "prefect" and s, 60, "reason"
+            )
             assert waiting["status"] == "QUEUED" and "Prefect is unreachable" in waiting["reason"]
             assert db_task(task_id).flow_run_id is None
             proxy.start()
             flow_run_id = wait_for(lambda: db_task(task_id).flow_run_id, 60, "the run once Prefect is back")
             shown = c.get(f"/publish/{task_id}").json()
-            assert shown["status"] == "QUEUED" and shown["reason"] is None
+            # Handed to Prefect: no longer waiting for it, only for its turn (or already running).
+            assert shown["waiting_for"] is None and "Prefect" not in (shown["reason"] or "")
         runs = flow_runs_of(task_id)
         assert [str(r.id) for r in runs] == [flow_run_id]
         delete_runs(runs)
