@@ -223,8 +223,8 @@ def _on_crashed(_flow: Any, flow_run: Any, _state: Any) -> None:
     task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
     persist_result=False,
     log_prints=False,
-    on_cancellation=[_on_cancelled],
-    on_crashed=[_on_crashed],
+    on_cancellation=[_on_cancelled],  # type: ignore[list-item]
+    on_crashed=[_on_crashed],  # type: ignore[list-item]
 )
 def publish_study(task_id: str) -> dict[str, Any]:
     """Publish one study. Returns the task's id, status and sizes (no identifiers)."""

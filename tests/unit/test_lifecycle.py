@@ -42,7 +42,7 @@ def _force(session, task_id: str, **values) -> None:  # type: ignore[no-untyped-
 
 
 def test_the_table_is_the_documented_lifecycle() -> None:
-    assert ALLOWED == {
+    assert {
         ("QUEUED", "RUNNING"),
         ("FAILED", "RUNNING"),
         ("RUNNING", "RUNNING"),
@@ -57,7 +57,7 @@ def test_the_table_is_the_documented_lifecycle() -> None:
         ("COMPLETED", "EXPIRED"),
         ("FAILED", "EXPIRED"),
         ("EXPIRED", "DELETED"),
-    }
+    } == ALLOWED
     assert not any(src == "DELETED" for src, _ in ALLOWED)  # final
 
 
@@ -160,7 +160,8 @@ def test_a_late_study_waits_holding_nothing_then_fails(db_url: str, monkeypatch:
         assert (t.status, t.dispatch_pending, t.next_attempt_at) == ("QUEUED", True, None)
         # The second miss, past study_wait_hours since the first: fails for good.
         assert claim(session, task.id, "run2", lease_seconds=60)
-        _force(session, task.id, first_failed_at=datetime.now(UTC) - timedelta(hours=s.runs.study_wait_hours, seconds=1))
+        first = datetime.now(UTC) - timedelta(hours=s.runs.study_wait_hours, seconds=1)
+        _force(session, task.id, first_failed_at=first)
         assert not wait_for_study(session, s, task.id, owner="run2")
         t = get_task(session, task.id)
         assert t.status == TaskStatus.FAILED and t.error_code == StudyNotFound.code

@@ -7,16 +7,17 @@ Create Date: 2026-12-03 21:40:00
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-COLUMNS = [
+COLUMNS: list[sa.Column[Any]] = [
     sa.Column("waiting_for", sa.String(16), nullable=True),
     sa.Column("waiting_since", sa.DateTime(timezone=True), nullable=True),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
