@@ -136,26 +136,27 @@ def test_complete_records_the_publication_once(db_url: str) -> None:
         assert pub.object_key == task.object_key and pub.instances == 2
 
 
-def test_a_dispatch_problem_is_said_on_the_waiting_request_and_keeps_its_start_time(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_dispatch_problem_is_said_on_the_waiting_request_and_keeps_its_start_time(db_url: str) -> None:
     """The dispatcher against a Prefect that refuses connections: the request waits, saying why, since when."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
     from studypub.dispatch import Dispatcher
 
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    monkeypatch.setenv("PREFECT_CLIENT_MAX_RETRIES", "0")
     s = get_settings()
     sessions = get_sessionmaker()
     with sessions() as session:
         task, _ = request_publication(session, s, _req(dispatch=True))
-    dispatcher = Dispatcher(sessions, interval=1)
-    dispatcher.sweep()
-    with sessions() as session:
-        first = get_task(session, task.id)
-        assert first.status == TaskStatus.QUEUED and first.waiting_for == "prefect"
-        assert first.reason and "Prefect is unreachable" in first.reason
-        since = first.waiting_since
-    assert since is not None
-    dispatcher.sweep()
-    with sessions() as session:
-        assert get_task(session, task.id).waiting_since == since  # the same wait goes on
+    # Prefect's own settings (the environment is read once per process; a test harness may have set its URL).
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
+        dispatcher = Dispatcher(sessions, interval=1)
+        dispatcher.sweep()
+        with sessions() as session:
+            first = get_task(session, task.id)
+            assert first.status == TaskStatus.QUEUED and first.waiting_for == "prefect"
+            assert first.reason and "Prefect is unreachable" in first.reason
+            since = first.waiting_since
+        assert since is not None
+        dispatcher.sweep()
+        with sessions() as session:
+            assert get_task(session, task.id).waiting_since == since  # the same wait goes on
+        dispatcher.stop()
