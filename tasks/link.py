@@ -24,6 +24,9 @@ def link(task_id: str, owner: str | None = None) -> str:
         old = replaced_object(ctx.session, task_id)
         if old and old != ctx.task.object_key:  # a republication: the new archive is in place
             open_storage(ctx.settings).delete(old)  # idempotent; a failure retries this step
+        # The raw (identifiable) instances go before the publication says COMPLETED: nobody who sees it
+        # completed can find them on disk. The upload is done, so nothing needs them any more.
+        ctx.paths.remove_identifiable()
         complete(ctx.session, ctx.settings, task_id, archive=archive, profile_version=PROFILE_VERSION, owner=owner)
         if old:
             forget_replaced(ctx.session, task_id)
