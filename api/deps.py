@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from studypub.apikeys import Caller, authenticate
 from studypub.errors import Forbidden, Unauthorized
+from studypub.i18n import N_
 from studypub.models import User
 from studypub.settings import Settings
 from studypub.users import Role
@@ -65,7 +66,7 @@ def get_current_user(request: Request, session: SessionDep, settings: SettingsDe
     user = session_user(session, settings, request.cookies.get(SESSION_COOKIE))
     session.commit()  # as above: no connection held across FastAPI's thread hops
     if user is None:
-        raise Unauthorized("sign in first")
+        raise Unauthorized(N_("sign in first"))
     request.state.user = user
     return user
 
@@ -75,7 +76,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 def get_administrator(user: CurrentUser) -> User:
     if user.role != Role.ADMINISTRATOR:
-        raise Forbidden("administrators only")
+        raise Forbidden(N_("administrators only"))
     return user
 
 
@@ -96,7 +97,7 @@ async def check_csrf(request: Request, settings: SettingsDep) -> None:
         value = form.get(CSRF_FIELD)
         presented = value if isinstance(value, str) else None
     if not csrf_valid(settings, request, presented):
-        raise Forbidden("the form has expired or did not come from this site; reload the page and try again")
+        raise Forbidden(N_("the form has expired or did not come from this site; reload the page and try again"))
 
 
 CsrfChecked = Depends(check_csrf)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from api.deps import AdminUser, CsrfChecked, CurrentUser, SessionDep, SettingsDep
+from dashboard import audit as audit_text
 from dashboard import queries
 from dashboard.auth import (
     LoginLimiter,
@@ -25,11 +26,13 @@ from dashboard.auth import (
     issue_session,
     set_session_cookie,
 )
-from dashboard.render import PREFIX, redirect, render, secure_headers, zone
+from dashboard.render import PREFIX, redirect, render, render_fragment, secure_headers, translator_for, zone
 from studypub.apikeys import create_key, list_keys, revoke_key
 from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
+from studypub.i18n import N_
+from studypub.i18n.labels import modality_names
 from studypub.links import rate_limit_key
-from studypub.models import ManualRequest, Task, TaskStatus, User, utcnow
+from studypub.models import ManualRequest, Step, Task, TaskStatus, User, utcnow
 from studypub.overrides import OVERRIDABLE, current_values, effective_settings, save_overrides
 from studypub.publications import (
     PublicationRequest,
@@ -97,9 +100,9 @@ def _parse_day(value: str | None, field: str) -> date | None:
     try:
         day = date.fromisoformat(value)
     except ValueError:
-        raise ValidationError(f"{field}: not a date (YYYY-MM-DD)") from None
+        raise ValidationError(N_("%(field)s: not a date (YYYY-MM-DD)", field=field)) from None
     if not 1900 <= day.year <= 2200:
-        raise ValidationError(f"{field}: a year between 1900 and 2200")
+        raise ValidationError(N_("%(field)s: a year between 1900 and 2200", field=field))
     return day
 
 
@@ -132,7 +135,7 @@ def login(
             "login.html",
             user=None,
             next=_safe_next(next),
-            error="login.too_many",
+            error=N_("Too many attempts. Wait a minute and try again."),
             username=username,
             status_code=429,
         )
@@ -144,7 +147,7 @@ def login(
             "login.html",
             user=None,
             next=_safe_next(next),
-            error="login.failed",
+            error=N_("Wrong user name or password."),
             username=username,
             status_code=401,
         )
@@ -205,11 +208,15 @@ def queue_page(
 
 
 @router.get("/api/queue", name="dashboard_queue_json")
-def queue_json(user: CurrentUser, session: SessionDep, settings: SettingsDep, status: str | None = None) -> Response:
+def queue_json(
+    request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep, status: str | None = None
+) -> Response:
+    """The queue's rows as data, and as the page's table rows in the user's language (the page swaps them in)."""
     status = status if status in set(TaskStatus) else None
-    rows = queries.queue_rows(session, status=status)
+    rows = _queue_json(settings, queries.queue_rows(session, status=status))
     session.commit()
-    return secure_headers(JSONResponse({"rows": _queue_json(settings, rows)}))
+    html = render_fragment(request, "_queue_rows.html", user=user, rows=rows)
+    return secure_headers(JSONResponse({"rows": rows, "html": html}))
 
 
 # Manual publication ----------------------------------------------------------------------------------------------
@@ -237,16 +244,16 @@ def publish(
     errors: dict[str, str] = {}
     for field, value in (("patient_id", patient_id), ("accession_number", accession_number)):
         if problem := identifier_problem(value):  # the same rule as the MIS request's
-            errors[field] = f"form.{problem}"
+            errors[field] = FORM_PROBLEMS[problem]
     save_till = None
     if retention_days.strip():
         try:
             days = int(retention_days)
         except ValueError:
-            errors["retention_days"] = "form.not_a_number"
+            errors["retention_days"] = FORM_PROBLEMS["not_a_number"]
         else:
             if not 1 <= days <= effective.links.max_retention_days:
-                errors["retention_days"] = "form.retention_range"
+                errors["retention_days"] = FORM_PROBLEMS["retention_range"]
             else:
                 # The end of the N-th day from today, in the clinic's zone (as extending to a date does).
                 save_till = datetime.combine(
@@ -285,10 +292,26 @@ def publish(
     return redirect(f"{PREFIX}/tasks/{task.id}?done={'requested' if created else 'existing'}")
 
 
+FORM_PROBLEMS = {
+    "required": N_("Fill this in."),
+    "too_long": N_("At most 64 characters."),
+    "bad_characters": N_("Contains characters that a PACS query cannot carry (\\ * ? or control characters)."),
+    "not_a_number": N_("A whole number of days."),
+    "retention_range": N_("From 1 to %(max)s days."),
+}
+
+
 # One publication ---------------------------------------------------------------------------------------------------
 
 
-DONE_MESSAGES = {"requested", "existing", "extended", "revoked", "retried", "republished"}
+DONE_MESSAGES = {
+    "requested": N_("Recorded. Give the patient the link; it shows “being prepared” until the study is ready."),
+    "existing": N_("This study is already published or in progress: here is its link."),
+    "extended": N_("The storage period was extended."),
+    "revoked": N_("The link was revoked and the archive deleted."),
+    "retried": N_("Retry requested."),
+    "republished": N_("A new archive is being built; the link stays the same."),
+}
 
 
 def _task_or_404(session: Any, task_id: str) -> Task:
@@ -306,6 +329,8 @@ def task_page(
 ) -> Response:
     task = _task_or_404(session, task_id)
     pub = task.publication
+    anonymised = (task.checkpoints or {}).get(Step.ANONYMISE.value) or {}
+    withheld = anonymised.get("withheld_reasons") or {}
     data: dict[str, Any] = {
         "task": task,
         "pub": pub,
@@ -314,11 +339,14 @@ def task_page(
         "can_extend": _can_extend(user, settings) and task.status not in (TaskStatus.EXPIRED, TaskStatus.DELETED),
         "can_retry": can_retry(task),
         "show_reason": bool(task.reason) and task.status in LIVE_STATUSES,
-        "done": done if done in DONE_MESSAGES else None,
+        "done": DONE_MESSAGES.get(done or ""),
+        "withheld_reasons": sorted(withheld.items(), key=lambda item: (-int(item[1]), item[0])),
     }
     session.commit()
-    return render(request, "task.html", user=user, **data)
-
+    t = translator_for(request)
+    return render(
+        request, "task.html", user=user, modalities=modality_names(t, pub.modalities if pub else None), **data
+    )
 
 
 @router.post("/tasks/{task_id}/extend")
@@ -326,10 +354,10 @@ def extend_task(
     task_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep, save_till: Text = ""
 ) -> Response:
     if not _can_extend(user, settings):
-        raise Forbidden("administrators only")
+        raise Forbidden(N_("administrators only"))
     day = _parse_day(save_till, "save_till")
     if day is None:
-        raise ValidationError("save_till: choose a date")
+        raise ValidationError(N_("%(field)s: choose a date", field="save_till"))
     task = _task_or_404(session, task_id)
     effective = effective_settings(session, settings)
     until = datetime.combine(day, time(23, 59), tzinfo=zone(settings))
@@ -360,7 +388,7 @@ def retry_task(request: Request, task_id: str, user: AdminUser, session: Session
     deleted, or it waits for a later attempt). Never refused because a dead run still holds it."""
     task = _task_or_404(session, task_id)
     if not can_retry(task):
-        raise Conflict("the publication is being prepared right now; there is nothing to retry")
+        raise Conflict(N_("the publication is being prepared right now; there is nothing to retry"))
     run_id = task.flow_run_id
     retried = False
     if run_id and task.status == TaskStatus.FAILED:
@@ -395,7 +423,9 @@ def _retry_prefect_run(run_id: str) -> bool:
     except ObjectNotFound:
         return False
     except Exception as exc:
-        raise TransientError(f"Prefect is unreachable ({type(exc).__name__}); try again later") from None
+        raise TransientError(
+            N_("Prefect is unreachable (%(error)s); try again later", error=type(exc).__name__)
+        ) from None
 
 
 # Published studies ------------------------------------------------------------------------------------------
@@ -462,14 +492,33 @@ def published_page(
         result=result,
         flt=flt,
         params=params,
+        active=sum(1 for name in params if name != "status") + (flt.status != TaskStatus.COMPLETED.value),
+        sorts=SORT_NAMES,
         published_statuses=[s.value for s in queries.PUBLISHED_STATUSES],
     )
+
+
+SORT_NAMES = {
+    "upload_date": N_("Publication date"),
+    "study_date": N_("Study date"),
+    "save_till": N_("Kept until"),
+    "size": N_("Size"),
+    "downloads": N_("Downloads"),
+    "pid": N_("PID"),
+    "emk_record_id": N_("EMK record"),
+}
 
 
 # Users and API keys (administrators) ----------------------------------------------------------------------------
 
 
-USER_DONE = {"created", "password", "role", "disabled", "enabled"}
+USER_DONE = {
+    "created": N_("The user was created."),
+    "password": N_("The password was reset; the user's sessions ended."),
+    "role": N_("The role was saved."),
+    "disabled": N_("The user was disabled."),
+    "enabled": N_("The user was enabled."),
+}
 
 
 def _users_page(
@@ -484,7 +533,7 @@ def _users_page(
         users=users,
         roles=[r.value for r in Role],
         error=error,
-        done=done if done in USER_DONE else None,
+        done=USER_DONE.get(done or ""),
         status_code=status,
     )
 
@@ -492,7 +541,6 @@ def _users_page(
 @router.get("/users", name="dashboard_users")
 def users_page(request: Request, user: AdminUser, session: SessionDep, done: str | None = None) -> Response:
     return _users_page(request, user, session, done=done)
-
 
 
 @router.post("/users")
@@ -560,9 +608,9 @@ def keys_create(
     error = None
     try:
         if not KEY_NAME.match(name.strip()):
-            raise ValidationError("the name must be 1–64 letters, digits, spaces or . _ -")
+            raise ValidationError(N_("the name must be 1–64 letters, digits, spaces or . _ -"))
         if len(clinic_code.strip()) > 64:
-            raise ValidationError("the clinic code must be at most 64 characters")
+            raise ValidationError(N_("the clinic code must be at most 64 characters"))
         _, new_key = create_key(session, name.strip(), clinic_code=clinic_code.strip() or None, actor=_actor(user))
     except StudyPubError as exc:
         error = exc.reason
@@ -658,6 +706,7 @@ def audit_page(
     request: Request,
     user: AdminUser,
     session: SessionDep,
+    settings: SettingsDep,
     actor: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     task_id: Annotated[str | None, Query(max_length=36)] = None,
@@ -666,4 +715,25 @@ def audit_page(
     result = queries.audit_page(session, actor=actor or None, action=action or None, task_id=task_id or None, page=page)
     session.commit()
     params = {k: v for k, v in {"actor": actor, "action": action, "task_id": task_id}.items() if v}
-    return render(request, "audit.html", user=user, result=result, params=params)
+    t, tz = translator_for(request), zone(settings)
+    entries = [
+        {
+            "at": e["at"],
+            "action": e["action"],
+            "sentence": audit_text.sentence(t, e["action"], e["details"]),
+            "actor": audit_text.actor(t, e["actor"]),
+            "task_id": e["task_id"],
+            "details": audit_text.detail_rows(t, e["details"], tz),
+        }
+        for e in result.rows
+    ]
+    return render(
+        request,
+        "audit.html",
+        user=user,
+        result=result,
+        entries=entries,
+        params=params,
+        actions=list(audit_text.ACTIONS.names),
+        labels_audit=audit_text,
+    )

@@ -1,20 +1,22 @@
-"""Rendering dashboard pages: the Jinja environment, the common context (user, language, CSRF token), the
-security headers, and the HTML error pages (sign-in redirect for 401, a page for 403/404/409/...)."""
+"""Rendering dashboard pages: the templates (one environment per language), the common context (user,
+language, CSRF token, sections), the security headers, and the HTML error pages (sign-in redirect for 401, a
+page for 403/404/409/...)."""
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_datetime
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from api.i18n import Translator, choose_locale, remember_locale, template_environment, translator
+from api.i18n import LANG_PARAM, choose_locale, remember_locale
 from dashboard.auth import csrf_nonce, csrf_token, set_csrf_cookie
+from studypub.i18n import N_, labels
+from studypub.i18n.templates import Templates
+from studypub.i18n.translator import Translator, translator
 from studypub.models import User
 from studypub.settings import Settings
 from studypub.users import Role
@@ -38,7 +40,28 @@ HEADERS = {
     "X-Robots-Tag": "noindex, nofollow",
 }
 
-_env = template_environment(TEMPLATES_DIR)
+# The menu: (path under the prefix, name, administrators only).
+SECTIONS: tuple[tuple[str, str, bool], ...] = (
+    ("queue", N_("Queue"), False),
+    ("publish", N_("Publish"), False),
+    ("published", N_("Published studies"), False),
+    ("users", N_("Users"), True),
+    ("api-keys", N_("MIS keys"), True),
+    ("settings", N_("Settings"), True),
+    ("audit", N_("Audit"), True),
+)
+
+# The title of an error page, by status.
+ERROR_TITLES = {
+    403: N_("Not allowed"),
+    404: N_("Not found"),
+    409: N_("Cannot do that now"),
+    410: N_("No longer available"),
+    422: N_("Check the input"),
+    503: N_("Temporarily unavailable"),
+}
+
+_templates = Templates(TEMPLATES_DIR)
 
 
 def secure_headers(response: R) -> R:
@@ -51,13 +74,28 @@ def zone(settings: Settings) -> ZoneInfo:
     return ZoneInfo(settings.links.time_zone)
 
 
-def short_datetime(t: Translator, value: datetime | str | None, tz: tzinfo) -> str:
-    """A table's date and time in the user's locale and the clinic's time zone ("01.02.2025, 16:18")."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return format_datetime(value.astimezone(tz), "short", locale=t.locale)
+def translator_for(request: Request) -> Translator:
+    return translator(choose_locale(request).locale)
+
+
+def _context(request: Request, t: Translator, user: User | None, csrf: str) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    tz = zone(settings)
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != LANG_PARAM]
+    return {
+        "user": user,
+        "is_admin": user is not None and user.role == Role.ADMINISTRATOR,
+        "csrf": csrf,
+        "prefix": PREFIX,
+        "static": f"{PREFIX}/static",
+        "path": request.url.path,
+        "tz": tz,
+        "dt": lambda value: t.short_datetime(value, tz),
+        "labels": labels,
+        "sections": [(href, t.gettext(name), admin) for href, name, admin in SECTIONS],
+        "lang_query": lambda code: urlencode([*query, (LANG_PARAM, code)]),
+        "settings": settings,
+    }
 
 
 def render(
@@ -70,27 +108,22 @@ def render(
 ) -> HTMLResponse:
     settings: Settings = request.app.state.settings
     choice = choose_locale(request)
-    t: Translator = translator(choice.locale)
+    t = translator(choice.locale)
     nonce, new_nonce = csrf_nonce(request)
-    html = _env.get_template(template).render(
-        t=t,
-        _=t.gettext,
-        user=user,
-        is_admin=user is not None and user.role == Role.ADMINISTRATOR,
-        csrf=csrf_token(settings, nonce),
-        prefix=PREFIX,
-        static=f"{PREFIX}/static",
-        path=request.url.path,
-        tz=zone(settings),
-        dt=lambda value: short_datetime(t, value, zone(settings)),
-        settings=settings,
-        **context,
-    )
+    html = _templates.render(template, t, **_context(request, t, user, csrf_token(settings, nonce)), **context)
     response = HTMLResponse(html, status_code=status_code)
     if new_nonce:
         set_csrf_cookie(response, request, nonce)
     remember_locale(response, request, choice)
     return secure_headers(response)
+
+
+def render_fragment(request: Request, template: str, *, user: User, **context: Any) -> str:
+    """A part of a page (the queue's rows), as the page that polls it renders it (same CSRF token)."""
+    settings: Settings = request.app.state.settings
+    t = translator_for(request)
+    nonce, _ = csrf_nonce(request)
+    return _templates.render(template, t, **_context(request, t, user, csrf_token(settings, nonce)), **context)
 
 
 def redirect(url: str) -> RedirectResponse:
@@ -107,4 +140,5 @@ def error_page(request: Request, status: int, code: str, detail: str) -> Respons
             target = f"{PREFIX}/queue"
         return redirect(f"{PREFIX}/login?next={quote(target, safe='')}")
     user = getattr(request.state, "user", None)
-    return render(request, "error.html", user=user, status_code=status, status=status, code=code, detail=detail)
+    title = translator_for(request).gettext(ERROR_TITLES.get(status, N_("Something went wrong")))
+    return render(request, "error.html", user=user, status_code=status, title=title, detail=detail)

@@ -31,6 +31,7 @@ from prefect.tasks import exponential_backoff
 
 from studypub.db import get_sessionmaker
 from studypub.errors import Aborted, PublicationError, StudyNotFound
+from studypub.i18n import N_
 from studypub.logs import details, get_logger
 from studypub.models import Step, TaskStatus
 from studypub.publications import (
@@ -238,7 +239,7 @@ def publish_study(task_id: str) -> dict[str, Any]:
             # Done, or revoked/expired while the run waited: nothing to do (never publish a deleted study).
             return _summary(session, settings, task_id)
         if not claim(session, task_id, owner, lease_seconds=settings.runs.lease_seconds):
-            raise PublicationError("this publication is already being processed by another run")
+            raise PublicationError(N_("this publication is already being processed by another run"))
         set_flow_run(session, task_id, flow_run_id)
         checkpoints = dict(get_task(session, task_id).checkpoints or {})
     paths = work_paths(settings.work_dir, task_id)

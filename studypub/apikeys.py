@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from studypub.errors import NotFound, ValidationError
+from studypub.i18n import N_
 from studypub.models import ApiKey, AuditEvent, utcnow
 
 KEY_PREFIX = "sp_"
@@ -44,7 +45,7 @@ def create_key(session: Session, name: str, *, clinic_code: str | None, actor: s
     """Create a key; returns the row and the key itself (shown once, never stored)."""
     name = (name or "").strip()
     if not name or len(name) > 64:
-        raise ValidationError("the key needs a name of 1 to 64 characters")
+        raise ValidationError(N_("the key needs a name of 1 to 64 characters"))
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(name=name, clinic_code=clinic_code, key_hash=_hash(key), key_hint=key[:8], created_by=actor)
     session.add(row)
@@ -52,7 +53,7 @@ def create_key(session: Session, name: str, *, clinic_code: str | None, actor: s
         session.flush()
     except IntegrityError as exc:
         session.rollback()
-        raise ValidationError(f"an API key named {name!r} already exists") from exc
+        raise ValidationError(N_("an API key named %(name)s already exists", name=repr(name))) from exc
     session.add(AuditEvent(actor=actor, action="api_key.created", clinic_code=clinic_code, details={"name": name}))
     session.commit()
     return row, key
@@ -61,7 +62,7 @@ def create_key(session: Session, name: str, *, clinic_code: str | None, actor: s
 def revoke_key(session: Session, name: str, *, actor: str) -> ApiKey:
     row = session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
     if row is None:
-        raise NotFound(f"no API key named {name!r}")
+        raise NotFound(N_("no API key named %(name)s", name=repr(name)))
     with _touch_lock:
         _cache.clear()  # this process forgets at once; others within CACHE_SECONDS
     if row.revoked_at is None:

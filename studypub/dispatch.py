@@ -15,6 +15,7 @@ from uuid import UUID
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from studypub.i18n import N_
 from studypub.logs import details, get_logger
 from studypub.publications import (
     fail_unstarted,
@@ -131,9 +132,9 @@ class Dispatcher:
         failed = 0
         for task_id, run_id in queued:
             if run_id not in states:
-                reason = "its Prefect run was deleted before it started"
+                reason = N_("its Prefect run was deleted before it started")
             elif (state := states[run_id]) is not None and state.is_final():
-                reason = f"its Prefect run ended ({state.name}) before it started"
+                reason = N_("its Prefect run ended (%(state)s) before it started", state=state.name)
             else:
                 continue
             with self._sessions() as session:
@@ -161,5 +162,5 @@ def _problem_reason(exc: BaseException) -> str:
     from prefect.exceptions import ObjectNotFound
 
     if isinstance(exc, ObjectNotFound):
-        return "waiting: the publish deployment is not registered yet (is `studypub worker` running?)"
-    return f"waiting: Prefect is unreachable ({type(exc).__name__}); the run starts when it is back"
+        return N_("waiting: the publish deployment is not registered yet (is `studypub worker` running?)")
+    return N_("waiting: Prefect is unreachable (%(error)s); the run starts when it is back", error=type(exc).__name__)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from studypub.errors import ValidationError
+from studypub.i18n import N_
 from studypub.models import Setting
 from studypub.settings import Settings
 
@@ -61,11 +62,33 @@ def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
         except PydanticValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err.get("loc", ()))
-            raise ValidationError(f"{section}.{field}: {err.get('msg', 'is invalid')}") from None
+            raise ValidationError(_problem(f"{section}.{field}", dict(err))) from None
     result = settings.model_copy(update=update)
     if result.links.max_retention_days < result.links.default_retention_days:
-        raise ValidationError("links.max_retention_days must be at least links.default_retention_days")
+        raise ValidationError(
+            N_(
+                "%(setting)s must be at least %(other_setting)s",
+                setting="links.max_retention_days",
+                other_setting="links.default_retention_days",
+            )
+        )
     return result
+
+
+def _problem(setting: str, err: dict[str, Any]) -> str:
+    """What is wrong with a value, in words (the setting is named by its code; interfaces name it in words)."""
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind in ("greater_than_equal", "greater_than"):
+        return N_("%(setting)s must be at least %(limit)s", setting=setting, limit=ctx.get("ge", ctx.get("gt")))
+    if kind in ("less_than_equal", "less_than"):
+        return N_("%(setting)s must be at most %(limit)s", setting=setting, limit=ctx.get("le", ctx.get("lt")))
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return N_("%(setting)s must be a whole number", setting=setting)
+    if kind == "string_too_long":
+        return N_("%(setting)s must be at most %(limit)s characters", setting=setting, limit=ctx.get("max_length"))
+    if kind == "literal_error":
+        return N_("%(setting)s must be one of the choices offered", setting=setting)
+    return N_("%(setting)s: the value is not valid", setting=setting)
 
 
 def effective_settings(session: Session, settings: Settings, clinic_code: str | None = None) -> Settings:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from studypub.errors import Conflict, Gone, NotFound, PublicationError, StudyPubError, ValidationError
+from studypub.i18n import N_
 from studypub.lifecycle import NOT_WAITING, Event, Waiting, move, waiting
 from studypub.models import (
     ACTIVE_STATUSES,
@@ -74,17 +75,14 @@ def identifier_problem(value: str) -> str | None:
     return None
 
 
-_IDENTIFIER_PROBLEMS = {
-    "required": "is required",
-    "too_long": f"is longer than {MAX_IDENTIFIER_LENGTH} characters",
-    "bad_characters": "contains characters that DICOM queries cannot carry",
-}
-
-
 def _validate_identifier(name: str, value: str) -> str:
     problem = identifier_problem(value)
+    if problem == "required":
+        raise ValidationError(N_("%(field)s is required", field=name))
+    if problem == "too_long":
+        raise ValidationError(N_("%(field)s is longer than %(max)s characters", field=name, max=MAX_IDENTIFIER_LENGTH))
     if problem:
-        raise ValidationError(f"{name} {_IDENTIFIER_PROBLEMS[problem]}")
+        raise ValidationError(N_("%(field)s contains characters that DICOM queries cannot carry", field=name))
     return value.strip()
 
 
@@ -93,12 +91,15 @@ def resolve_save_till(settings: Settings, save_till: datetime | None, *, now: da
     if save_till is None:
         return now + timedelta(days=settings.links.default_retention_days)
     if save_till.tzinfo is None:
-        raise ValidationError("save_till_date needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)")
+        raise ValidationError(N_("save_till_date needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)"))
     if save_till <= now:
-        raise ValidationError("save_till_date is in the past")
+        raise ValidationError(N_("save_till_date is in the past"))
     if save_till > now + timedelta(days=settings.links.max_retention_days):
         raise ValidationError(
-            f"save_till_date is beyond the maximum retention of {settings.links.max_retention_days} days"
+            N_(
+                "save_till_date is beyond the maximum retention of %(days)s days",
+                days=settings.links.max_retention_days,
+            )
         )
     return save_till
 
@@ -242,7 +243,7 @@ def republish(session: Session, task_id: str, *, actor: str) -> Task:
     once the new one is in place. The link says "being prepared" meanwhile."""
     task = get_task(session, task_id)
     if task.status != TaskStatus.COMPLETED:
-        raise Conflict("only a published study can be published again")
+        raise Conflict(N_("only a published study can be published again"))
     old_key = task.object_key
     moved = move(
         session,
@@ -264,7 +265,7 @@ def republish(session: Session, task_id: str, *, actor: str) -> Task:
     )
     if not moved:
         session.rollback()
-        raise Conflict("the publication changed meanwhile; reload and try again")
+        raise Conflict(N_("the publication changed meanwhile; reload and try again"))
     session.execute(delete(TaskStep).where(TaskStep.task_id == task_id))
     session.add(TaskStep(task_id=task_id, step=REPLACES, data={"object_key": old_key}))
     audit(session, actor=actor, action="publication.republished", task=task)
@@ -331,7 +332,12 @@ def fail_unstarted(session: Session, task_id: str, flow_run_id: str | None, reas
         task_id,
         Event.FAIL_UNSTARTED,
         where=[Task.flow_run_id == flow_run_id, Task.dispatch_pending.is_(False)],
-        values={"reason": f"start: {reason}", "error_code": "run_not_started", "next_attempt_at": None, **NOT_WAITING},
+        values={
+            "reason": N_("%(step)s: %(reason)s", step="start", reason=reason),
+            "error_code": "run_not_started",
+            "next_attempt_at": None,
+            **NOT_WAITING,
+        },
         action="publication.failed",
         details={"error_code": "run_not_started"},
     )
@@ -358,7 +364,7 @@ def note_dispatch_problem(session: Session, task_ids: list[str], reason: str) ->
 def get_task(session: Session, task_id: str) -> Task:
     task = session.get(Task, task_id)
     if task is None:
-        raise NotFound("no such task")
+        raise NotFound(N_("no such task"))
     return task
 
 
@@ -503,8 +509,10 @@ def failure_reason(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, StudyPubError):
         return exc.reason, exc.code
     if type(exc).__name__ == "TerminationSignal":  # Prefect stops a run it cancelled with this signal
-        return "the run was cancelled in Prefect", "cancelled"
-    return f"Unexpected error ({type(exc).__name__}); operators: see the Prefect run", "internal_error"
+        return N_("the run was cancelled in Prefect"), "cancelled"
+    return N_(
+        "Unexpected error (%(error)s); operators: see the Prefect run", error=type(exc).__name__
+    ), "internal_error"
 
 
 def local_time(settings: Settings, when: datetime) -> str:
@@ -524,7 +532,7 @@ def fail(session: Session, settings: Settings, task_id: str, exc: BaseException,
     first = task.first_failed_at or now
     values: dict[str, Any] = {
         "step": step,
-        "reason": f"{step}: {reason}",
+        "reason": N_("%(step)s: %(reason)s", step=step, reason=reason),
         "error_code": code,
         "finished_at": now,
         "lease_owner": None,
@@ -538,7 +546,14 @@ def fail(session: Session, settings: Settings, task_id: str, exc: BaseException,
         at = now + timedelta(minutes=runs.auto_retry_minutes)
         values.update(
             next_attempt_at=at,
-            **waiting(Waiting.RETRY, f"{step}: {reason}; tried again automatically at {local_time(settings, at)}"),
+            **waiting(
+                Waiting.RETRY,
+                N_(
+                    "%(reason)s; tried again automatically at %(time)s",
+                    reason=N_("%(step)s: %(reason)s", step=step, reason=reason),
+                    time=local_time(settings, at),
+                ),
+            ),
         )
     move(
         session,
@@ -594,7 +609,7 @@ def complete(
         session.expire(task)
         if pub is not None and get_task(session, task_id).status == TaskStatus.COMPLETED:
             return pub  # done already (a retried link step)
-        raise PublicationError("the publication was taken over by another run (this run stopped renewing it)")
+        raise PublicationError(N_("the publication was taken over by another run (this run stopped renewing it)"))
     if pub is None:
         pub = PublishedStudy(task_id=task_id, clinic_code=task.clinic_code, downloads=0)
         session.add(pub)
@@ -620,13 +635,15 @@ def extend(session: Session, settings: Settings, task_id: str, save_till: dateti
     retention flow has not claimed yet can still be extended; an expired (being deleted) or deleted one cannot."""
     task = get_task(session, task_id)
     if task.status == TaskStatus.DELETED:
-        raise Gone("the publication was deleted; publish the study again")
+        raise Gone(N_("the publication was deleted; publish the study again"))
     if task.status == TaskStatus.EXPIRED:
-        raise Gone("the publication has expired and its archive is being deleted; publish the study again")
+        raise Gone(N_("the publication has expired and its archive is being deleted; publish the study again"))
     new = resolve_save_till(settings, save_till)
     old = task.save_till
     if new <= old:
-        raise ValidationError(f"save_till_date must be later than the current one ({old.isoformat()})")
+        raise ValidationError(
+            N_("save_till_date must be later than the current one (%(current)s)", current=old.isoformat())
+        )
     result = session.execute(
         update(Task)
         .where(Task.id == task_id, Task.status.not_in([TaskStatus.EXPIRED, TaskStatus.DELETED]))
@@ -635,7 +652,7 @@ def extend(session: Session, settings: Settings, task_id: str, save_till: dateti
     )
     if not getattr(result, "rowcount", 0):  # the retention flow claimed it in between
         session.rollback()
-        raise Gone("the publication has expired and its archive was deleted; publish the study again")
+        raise Gone(N_("the publication has expired and its archive was deleted; publish the study again"))
     audit(
         session,
         actor=actor,
@@ -659,8 +676,12 @@ def wait_for_study(session: Session, settings: Settings, task_id: str, *, owner:
     first = task.first_failed_at or now
     deadline = first + timedelta(hours=settings.runs.study_wait_hours)
     if now >= deadline:
-        looked = f" (looked for since {local_time(settings, first)})" if now > first else ""
-        fail(session, settings, task_id, StudyNotFound(f"study not found in PACS{looked}"), owner=owner)
+        reason = (
+            N_("study not found in PACS (looked for since %(time)s)", time=local_time(settings, first))
+            if now > first
+            else N_("study not found in PACS")
+        )
+        fail(session, settings, task_id, StudyNotFound(reason), owner=owner)
         return False
     at = min(now + timedelta(seconds=settings.runs.study_recheck_seconds), deadline)
     moved = move(
@@ -677,8 +698,11 @@ def wait_for_study(session: Session, settings: Settings, task_id: str, *, owner:
             "error_code": None,
             **waiting(
                 Waiting.STUDY,
-                f"waiting for the study to reach the PACS (not there at {local_time(settings, now)}); "
-                f"looked for again at {local_time(settings, at)}",
+                N_(
+                    "waiting for the study to reach the PACS (not there at %(time)s); looked for again at %(next)s",
+                    time=local_time(settings, now),
+                    next=local_time(settings, at),
+                ),
                 since=first,
             ),
         },
@@ -721,8 +745,12 @@ def interrupt(session: Session, settings: Settings, task_id: str) -> tuple[str, 
             Event.FAIL,
             where=expired,
             values={
-                "reason": f"{step}: the run stopped without finishing {task.resumes + 1} times in a row (the worker "
-                "was killed or crashed each time; something in this study may stop it); retry it after a look",
+                "reason": N_(
+                    "%(step)s: the run stopped without finishing %(count)s times in a row (the worker was killed or "
+                    "crashed each time; something in this study may stop it); retry it after a look",
+                    step=step,
+                    count=task.resumes + 1,
+                ),
                 "error_code": "crashed_repeatedly",
                 "finished_at": now,
                 "lease_owner": None,
@@ -748,7 +776,10 @@ def interrupt(session: Session, settings: Settings, task_id: str) -> tuple[str, 
                 "lease_owner": None,
                 "lease_until": None,
                 "next_attempt_at": None,
-                **waiting(Waiting.INTERRUPTED, f"{step}: interrupted (the run stopped without finishing); resuming"),
+                **waiting(
+                    Waiting.INTERRUPTED,
+                    N_("%(step)s: interrupted (the run stopped without finishing); resuming", step=step),
+                ),
             },
             action="publication.interrupted",
             details={"resumes": task.resumes + 1},
@@ -811,9 +842,9 @@ def revoke(session: Session, settings: Settings, task_id: str, *, actor: str) ->
     if task.status == TaskStatus.DELETED:
         return task
     if task.status == TaskStatus.RUNNING:
-        raise Conflict("the publication is being prepared; cancel its run in Prefect or wait, then revoke")
+        raise Conflict(N_("the publication is being prepared; cancel its run in Prefect or wait, then revoke"))
     if not claim_for_deletion(session, task_id, only_if_due=False):
-        raise Conflict("the publication is being prepared; cancel its run in Prefect or wait, then revoke")
+        raise Conflict(N_("the publication is being prepared; cancel its run in Prefect or wait, then revoke"))
     finish_deletion(session, open_storage(settings), task_id, actor=actor, action="publication.revoked")
     session.expire_all()
     return get_task(session, task_id)
@@ -866,7 +897,7 @@ def result_view(session: Session, settings: Settings, task: Task, *, with_queue:
     reason = task.reason
     ahead = queue_position(session, task) if with_queue else None
     if ahead is not None and not reason:
-        reason = f"queued, {ahead} ahead" if ahead else "queued, next to start"
+        reason = N_("queued, %(count)s ahead", count=ahead) if ahead else N_("queued, next to start")
     view: dict[str, Any] = {
         "task_id": task.id,
         "status": task.status,

@@ -112,6 +112,13 @@ class LinkSettings(BaseModel):
     time_zone: str = Field(
         "Europe/Moscow", description="IANA time zone dates are shown in on link pages and in download file names."
     )
+    default_language: Literal["ru", "en", "es", "fr", "de"] = Field(
+        "ru",
+        description=(
+            "Language of the pages when the browser asks for none of ru, en, es, fr, de; also the first language "
+            "of the note in each archive."
+        ),
+    )
 
     @field_validator("rate_limit")
     @classmethod

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from studypub.errors import Aborted
+from studypub.i18n import N_
 
 POLL_SECONDS = 0.05
 
@@ -98,7 +99,7 @@ def clear_abort(paths: WorkPaths) -> None:
 
 def check_abort(paths: WorkPaths) -> None:
     if paths.abort_marker.exists():
-        raise Aborted("stopped because another step of this publication failed")
+        raise Aborted(N_("stopped because another step of this publication failed"))
 
 
 def follow_files(

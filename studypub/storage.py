@@ -26,6 +26,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from studypub.errors import ConfigurationError, StorageUnavailable
+from studypub.i18n import N_
 from studypub.settings import Settings
 
 UPLOADING_SUFFIX = ".uploading"  # a local upload in progress (or left by a killed process)
@@ -170,7 +171,7 @@ class S3Storage:
         except (FileExistsError, PermissionError):
             pass  # exists, or a policy that allows PUT/GET only: the upload itself will tell
         except (OSError, Exception) as exc:
-            raise StorageUnavailable(f"Storage is unreachable: {type(exc).__name__}") from exc
+            raise StorageUnavailable(N_("Storage is unreachable: %(error)s", error=type(exc).__name__)) from exc
 
     @contextmanager
     def writer(self, key: str) -> Iterator[IO[bytes]]:
@@ -179,7 +180,7 @@ class S3Storage:
                 self._path(key), "wb", block_size=self.part_size, autocommit=False
             )
         except Exception as exc:
-            raise StorageUnavailable(f"Storage is unreachable: {type(exc).__name__}") from exc
+            raise StorageUnavailable(N_("Storage is unreachable: %(error)s", error=type(exc).__name__)) from exc
         committed = False
         try:
             yield fh
@@ -188,7 +189,7 @@ class S3Storage:
             committed = True
         except Exception as exc:
             if isinstance(exc, OSError | ConnectionError) or "botocore" in type(exc).__module__:
-                raise StorageUnavailable(f"Upload to storage failed: {type(exc).__name__}") from exc
+                raise StorageUnavailable(N_("Upload to storage failed: %(error)s", error=type(exc).__name__)) from exc
             raise
         finally:
             if not committed:
@@ -221,7 +222,7 @@ class S3Storage:
                 "and s3:AbortMultipartUpload on the bucket"
             ) from exc
         except Exception as exc:
-            raise StorageUnavailable(f"Storage is unreachable: {type(exc).__name__}") from exc
+            raise StorageUnavailable(N_("Storage is unreachable: %(error)s", error=type(exc).__name__)) from exc
 
     def _uploads(self, prefix: str) -> Iterator[PendingUpload]:
         """Pending multipart uploads whose full key starts with the storage prefix + ``prefix``."""
@@ -296,7 +297,7 @@ class S3Storage:
                 )
             )
         except Exception as exc:
-            raise StorageUnavailable(f"Cannot sign a storage URL: {type(exc).__name__}") from exc
+            raise StorageUnavailable(N_("Cannot sign a storage URL: %(error)s", error=type(exc).__name__)) from exc
 
 
 def open_storage(settings: Settings) -> LocalStorage | S3Storage:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from studypub.errors import Conflict, NotFound, ValidationError
+from studypub.i18n import N_
 from studypub.models import User, utcnow
 from studypub.publications import audit
 from studypub.settings import Settings
@@ -42,16 +43,16 @@ def hash_password(password: str) -> str:
 
 def check_password_rules(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValidationError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+        raise ValidationError(N_("the password must have at least %(count)s characters", count=MIN_PASSWORD_LENGTH))
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise ValidationError(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+        raise ValidationError(N_("the password must have at most %(count)s characters", count=MAX_PASSWORD_LENGTH))
     return password
 
 
 def check_username(username: str) -> str:
     username = username.strip()
     if not USERNAME.match(username):
-        raise ValidationError("the user name must be 2–64 characters: letters, digits, . _ @ -")
+        raise ValidationError(N_("the user name must be 2–64 characters: letters, digits, . _ @ -"))
     return username
 
 
@@ -59,7 +60,7 @@ def check_role(role: str) -> Role:
     try:
         return Role(role)
     except ValueError:
-        raise ValidationError("the role must be administrator or registrator") from None
+        raise ValidationError(N_("the role must be administrator or registrator")) from None
 
 
 def authenticate_user(session: Session, username: str, password: str) -> User | None:
@@ -99,7 +100,7 @@ def create_user(
         session.flush()
     except IntegrityError:
         session.rollback()
-        raise Conflict("a user with that name exists") from None
+        raise Conflict(N_("a user with that name exists")) from None
     audit(session, actor=actor, action="user.created", details={"user": user.username, "role": user.role})
     session.commit()
     return user
@@ -108,7 +109,7 @@ def create_user(
 def get_user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
-        raise NotFound("no such user")
+        raise NotFound(N_("no such user"))
     return user
 
 
@@ -146,7 +147,7 @@ def set_role(session: Session, user_id: int, role: str, *, actor: str) -> User:
     user = get_user(session, user_id)
     new = check_role(role)
     if user.role == Role.ADMINISTRATOR and new != Role.ADMINISTRATOR and not _administrators_left(session, user.id):
-        raise Conflict("the last administrator cannot stop being one")
+        raise Conflict(N_("the last administrator cannot stop being one"))
     if user.role != new.value:
         user.role = new.value
         _changed(user, utcnow())
@@ -158,7 +159,7 @@ def set_role(session: Session, user_id: int, role: str, *, actor: str) -> User:
 def set_disabled(session: Session, user_id: int, disabled: bool, *, actor: str) -> User:
     user = get_user(session, user_id)
     if disabled and user.role == Role.ADMINISTRATOR and not _administrators_left(session, user.id):
-        raise Conflict("the last administrator cannot be disabled")
+        raise Conflict(N_("the last administrator cannot be disabled"))
     if user.disabled != disabled:
         user.disabled = disabled
         _changed(user, utcnow())

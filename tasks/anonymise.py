@@ -18,6 +18,7 @@ from studypub.deid.engine import PROFILE_VERSION, DeidOptions
 from studypub.deid.errors import DeidError
 from studypub.deid.pool import anonymise_one, init_worker, pool_context, warm_up
 from studypub.errors import AnonymisationFailed
+from studypub.i18n import N_
 from studypub.logs import details, get_logger
 from studypub.models import Step
 from studypub.publications import save_checkpoint
@@ -47,9 +48,9 @@ def deid_options(settings: Settings) -> DeidOptions:
 def withheld_text(result: dict[str, Any]) -> str:
     """Why nothing is left, e.g. "all 3 instances were withheld (burned_in_annotation: 2, pixel_data_short: 1)"."""
     if not result["withheld"]:
-        return "no instance was received"
+        return N_("no instance was received")
     reasons = ", ".join(f"{code}: {n}" for code, n in sorted(result["withheld_reasons"].items()))
-    return f"all {result['withheld']} instances were withheld ({reasons})"
+    return N_("all %(count)s instances were withheld (%(codes)s)", count=result["withheld"], codes=reasons)
 
 
 def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None) -> dict[str, Any]:
@@ -72,8 +73,12 @@ def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expecte
         if isinstance(exc, AnonymisationFailed):
             return exc
         if isinstance(exc, DeidError):  # its reason names tags and rules, never values
-            return AnonymisationFailed(f"an instance could not be anonymised safely: {exc.reason}", code=exc.code)
-        return AnonymisationFailed(f"an instance could not be anonymised safely ({type(exc).__name__})")
+            return AnonymisationFailed(
+                N_("an instance could not be anonymised safely: %(detail)s", detail=exc.reason), code=exc.code
+            )
+        return AnonymisationFailed(
+            N_("an instance could not be anonymised safely (%(error)s)", error=type(exc).__name__)
+        )
 
     use_pool = workers > 1 and (expected or 0) >= POOL_THRESHOLD
     if not use_pool:
@@ -123,7 +128,7 @@ def anonymise(task_id: str) -> int:
         expected = (ctx.task.checkpoints.get(Step.FIND.value) or {}).get("instances")
         result = anonymise_spool(ctx.settings, uid_key(ctx.settings, ctx.task.uid_salt), ctx.paths, expected=expected)
         if result["instances"] == 0:
-            raise AnonymisationFailed(f"nothing left to publish: {withheld_text(result)}")
+            raise AnonymisationFailed(N_("nothing left to publish: %(reason)s", reason=withheld_text(result)))
         save_checkpoint(ctx.session, task_id, Step.ANONYMISE, result)
         mark_done(ctx.paths, "clean", result)
         log.info(

@@ -1,5 +1,5 @@
-"""Step 4, zip: the anonymised instances into a ZIP with a DICOMDIR and a short note in Russian and English,
-written as the instances arrive.
+"""Step 4, zip: the anonymised instances into a ZIP with a DICOMDIR and a short note in the five interface
+languages (:mod:`studypub.notes`), written as the instances arrive.
 
 The ZIP is written strictly sequentially (data descriptors, no seeking back), so the upload step can stream
 it while it grows. Entry names are the File-set's File IDs (PT000000/ST000000/SE000000/IM000000), assigned by
@@ -24,8 +24,10 @@ from pydicom.uid import generate_uid
 
 from studypub.dicomdir import DicomDirBuilder
 from studypub.errors import PublicationError
+from studypub.i18n import N_
 from studypub.logs import details, get_logger
 from studypub.models import Step
+from studypub.notes import archive_note
 from studypub.publications import save_checkpoint
 from studypub.settings import Settings
 from studypub.spool import WorkPaths, clear_done, follow_files, mark_done, read_done
@@ -76,39 +78,6 @@ class AppendOnlyWriter(io.RawIOBase):
         self._fh.flush()
 
 
-def note_text(instances: int, withheld: int, series: int) -> str:
-    lines = [
-        "Ваше исследование / Your imaging study",
-        "",
-        f"Изображений: {instances}; серий: {series}.",
-        f"Images: {instances}; series: {series}.",
-    ]
-    if withheld:
-        lines += [
-            "",
-            f"{withheld} изображ. не включены: на них самих могут быть видны персональные данные "
-            "(например, надписи на снимке). Их можно получить в клинике.",
-            f"{withheld} image(s) were left out because the image itself may show personal data "
-            "(e.g. text burned into the picture). The clinic can provide them.",
-        ]
-    lines += [
-        "",
-        "Как открыть:",
-        "1. Распакуйте архив.",
-        "2. Откройте файл DICOMDIR в программе просмотра DICOM (например, RadiAnt, MicroDicom, Weasis,"
-        " OsiriX/Horos на Mac) или передайте архив врачу.",
-        "Персональные данные удалены из файлов (DICOM PS3.15, приложение E).",
-        "",
-        "How to open:",
-        "1. Unzip the archive.",
-        "2. Open the DICOMDIR file in a DICOM viewer (e.g. RadiAnt, MicroDicom, Weasis, OsiriX/Horos on a Mac),"
-        " or give the archive to your doctor.",
-        "Personal data has been removed from the files (DICOM PS3.15, Annex E).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def _record_copy(path: Path) -> Dataset:
     ds = dcmread(path, stop_before_pixels=True)
     for keyword, dummy in _RECORD_DUMMIES.items():
@@ -151,12 +120,19 @@ def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
                 with src.open("rb") as fin, zf.open(name, "w", force_zip64=size > ZIP64_THRESHOLD) as fout:
                     shutil.copyfileobj(fin, fout, CHUNK)
             if not entries:
-                raise PublicationError("no anonymised instance to archive")
+                raise PublicationError(N_("no anonymised instance to archive"))
             clean_done = read_done(paths, "clean") or {}
             withheld = int(clean_done.get("withheld", 0))
             with zf.open("DICOMDIR", "w") as fout:
                 dicomdir.write(fout, generate_uid())
-            zf.writestr(NOTE_NAME, note_text(len(entries), withheld, len(series)).encode("utf-8"))
+            note = archive_note(
+                instances=len(entries),
+                series=len(series),
+                withheld=withheld,
+                withheld_reasons=clean_done.get("withheld_reasons") or {},
+                first_locale=settings.links.default_language,
+            )
+            zf.writestr(NOTE_NAME, note.encode("utf-8"))
         raw.flush()
     return {
         "size_bytes": writer.tell(),

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from studypub.db import get_sessionmaker
 from studypub.errors import PacsUnavailable, StorageUnavailable, TransientError, is_retryable
+from studypub.i18n import N_
 from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Task, utcnow
@@ -35,7 +36,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry transient trouble, not a final verdict, nor an outage that
     :func:`ride_through` already waited out."""
     exc = state.result(raise_on_failure=False)
-    outage = tuple(error for error, _ in OUTAGES.values())
+    outage = tuple(error for error, _, _ in OUTAGES.values())
     return isinstance(exc, BaseException) and is_retryable(exc) and not isinstance(exc, outage)
 
 
@@ -64,9 +65,10 @@ def step_context(task_id: str) -> Iterator[StepContext]:
         session.close()
 
 
-OUTAGES: dict[Waiting, tuple[type[TransientError], str]] = {
-    Waiting.PACS: (PacsUnavailable, "the PACS"),
-    Waiting.STORAGE: (StorageUnavailable, "the storage"),
+# What is unreachable: its error, its name in the logs, what the publication says while it waits.
+OUTAGES: dict[Waiting, tuple[type[TransientError], str, str]] = {
+    Waiting.PACS: (PacsUnavailable, "the PACS", N_("waiting for the PACS, unreachable since %(time)s")),
+    Waiting.STORAGE: (StorageUnavailable, "the storage", N_("waiting for the storage, unreachable since %(time)s")),
 }
 FIRST_DELAY, MAX_DELAY = 2.0, 30.0
 
@@ -76,7 +78,7 @@ def ride_through(ctx: StepContext, kind: Waiting, attempt: Callable[[], T]) -> T
     the publication ("waiting for the PACS, unreachable since 14:02") and try again with backoff, for up to
     ``runs.outage_patience_seconds``; then raise the outage (the publication fails with the cause and is
     retried automatically later). Stops at once when the publication is aborted."""
-    error, name = OUTAGES[kind]
+    error, name, says = OUTAGES[kind]
     patience = ctx.settings.runs.outage_patience_seconds
     started: float | None = None
     delay = FIRST_DELAY
@@ -88,7 +90,7 @@ def ride_through(ctx: StepContext, kind: Waiting, attempt: Callable[[], T]) -> T
             if started is None:
                 started = now
                 since = local_time(ctx.settings, utcnow())
-                note_waiting(ctx.session, ctx.task.id, kind, f"waiting for {name}, unreachable since {since}")
+                note_waiting(ctx.session, ctx.task.id, kind, says % {"time": since})
                 log.warning(f"Waiting for {name}", extra=details(task_id=ctx.task.id))
             if now - started + delay > patience:
                 raise

@@ -11,6 +11,7 @@ from prefect import task
 
 from studypub.dicom import scu
 from studypub.errors import AmbiguousStudy, PatientMismatch, StudyNotFound
+from studypub.i18n import N_
 from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -25,13 +26,13 @@ def find_study(settings: Settings, accession_number: str, patient_id: str) -> di
     """The one study with this accession number, checked against the patient; what later steps need."""
     matches = scu.find_studies(settings, accession_number)
     if not matches:
-        raise StudyNotFound("study not found in PACS")
+        raise StudyNotFound(N_("study not found in PACS"))
     uids = {m.study_instance_uid for m in matches}
     if len(uids) > 1:
-        raise AmbiguousStudy(f"ambiguous: {len(uids)} studies in the PACS have this accession number")
+        raise AmbiguousStudy(N_("ambiguous: %(count)s studies in the PACS have this accession number", count=len(uids)))
     match = matches[0]
     if match.patient_id.strip() != patient_id.strip():
-        raise PatientMismatch("the study in the PACS belongs to another PatientID; nothing was retrieved")
+        raise PatientMismatch(N_("the study in the PACS belongs to another PatientID; nothing was retrieved"))
     sop_classes, instances = match.sop_classes, match.instances
     if not sop_classes or instances is None:
         sop_classes, counted = scu.study_sop_classes(settings, match.study_instance_uid)

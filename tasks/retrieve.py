@@ -19,6 +19,7 @@ from studypub.db import get_sessionmaker
 from studypub.dicom import scu
 from studypub.dicom.receiver import registry_for
 from studypub.errors import IncompleteRetrieval, InsufficientDiskSpace, PublicationError
+from studypub.i18n import N_
 from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -39,7 +40,11 @@ def check_disk_space(settings: Settings, expected_instances: int) -> None:
     free = disk_free_bytes(settings.work_dir)
     if free < need:
         raise InsufficientDiskSpace(
-            f"not enough free disk space in the work folder: {free // 2**20} MiB free, {need // 2**20} MiB needed"
+            N_(
+                "not enough free disk space in the work folder: %(free)s MiB free, %(need)s MiB needed",
+                free=free // 2**20,
+                need=need // 2**20,
+            )
         )
 
 
@@ -71,16 +76,27 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
     sent = result.completed + result.warning
     if result.category == "Failure" and sent == 0 and result.status == 0xA801:
         raise PublicationError(
-            f"the PACS does not know our AE title {settings.pacs.calling_ae!r} as a C-MOVE destination "
-            "(status 0xA801): add it to the PACS's modalities"
+            N_(
+                "the PACS does not know our AE title %(ae)s as a C-MOVE destination (status 0xA801): add it to the "
+                "PACS's modalities",
+                ae=repr(settings.pacs.calling_ae),
+            )
         )
     if received > sent and result.ok:
         # Nothing but this retrieval may file instances here: more than the PACS sent is a failure to look at.
-        raise IncompleteRetrieval(f"received {received} instances but the PACS reports sending {sent}")
+        raise IncompleteRetrieval(
+            N_("received %(received)s instances but the PACS reports sending %(sent)s", received=received, sent=sent)
+        )
     if not result.ok or received < sent or (expected and received < expected):
         raise IncompleteRetrieval(
-            f"partial retrieval: received {received} of {expected if expected is not None else '?'} instances "
-            f"({result.failed} failed, PACS status 0x{result.status:04X} {result.category})"
+            N_(
+                "partial retrieval: received %(received)s of %(expected)s instances (%(failed)s failed, PACS status "
+                "%(status)s)",
+                received=received,
+                expected=expected if expected is not None else "?",
+                failed=result.failed,
+                status=f"0x{result.status:04X} {result.category}",
+            )
         )
     return received
 
@@ -92,7 +108,10 @@ def _in_slot(ctx: StepContext, study: dict, progress) -> int:  # type: ignore[no
 
     def on_wait(busy: int) -> None:
         note_waiting(
-            ctx.session, task_id, Waiting.SLOT, f"waiting for a free PACS connection ({busy} of {size} retrieving)"
+            ctx.session,
+            task_id,
+            Waiting.SLOT,
+            N_("waiting for a free PACS connection (%(busy)s of %(size)s retrieving)", busy=busy, size=size),
         )
 
     sessions = get_sessionmaker(settings)

@@ -17,6 +17,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from studypub.errors import ConfigurationError, PublicationError
+from studypub.i18n import N_
 from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -47,10 +48,10 @@ def upload_archive(storage: LocalStorage | S3Storage, paths: WorkPaths, object_k
             size += len(chunk)
         expected = read_done(paths, "archive") or {}
         if size != expected.get("size_bytes") or sha.hexdigest() != expected.get("sha256"):
-            raise PublicationError("the uploaded bytes differ from the archive written (size or checksum)")
+            raise PublicationError(N_("the uploaded bytes differ from the archive written (size or checksum)"))
     stored = storage.size(object_key)
     if stored != size:
-        raise PublicationError(f"storage holds {stored} bytes, {size} were sent")
+        raise PublicationError(N_("storage holds %(stored)s bytes, %(sent)s were sent", stored=stored, sent=size))
     return {"size_bytes": size, "sha256": sha.hexdigest(), "seconds": round(time.monotonic() - started, 3)}
 
 

@@ -35,8 +35,12 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from api.deps import SessionDep, SettingsDep
-from api.i18n import Translator, choose_locale, remember_locale, template_environment, translator
+from api.i18n import choose_locale, remember_locale
 from studypub.errors import StorageUnavailable
+from studypub.i18n import N_
+from studypub.i18n.labels import modality_names
+from studypub.i18n.templates import Templates
+from studypub.i18n.translator import Translator, translator
 from studypub.links import (
     Client,
     Link,
@@ -71,7 +75,26 @@ HYGIENE_HEADERS: dict[str, str] = {
     "X-Frame-Options": "DENY",
 }
 
-_templates = template_environment(TEMPLATES_DIR)
+_templates = Templates(TEMPLATES_DIR)
+
+# Every miss and error looks the same: a title and a sentence.
+MESSAGES: dict[str, tuple[str, str]] = {
+    "not_found": (
+        N_("Link not found"),
+        N_("Check that the link was copied completely. If it still does not open, ask the clinic for the link again."),
+    ),
+    "gone": (
+        N_("This link has expired"),
+        N_(
+            "The study was available for a limited time and has been deleted. If you still need it, contact the clinic."
+        ),
+    ),
+    "too_many": (N_("Too many requests"), N_("Please wait a minute and try again.")),
+    "unavailable": (
+        N_("Temporarily unavailable"),
+        N_("The service cannot answer right now. Please try again in a few minutes."),
+    ),
+}
 
 
 def _apply_hygiene(headers: MutableHeaders) -> None:
@@ -186,9 +209,9 @@ def _page(
 ) -> HTMLResponse:
     choice = choose_locale(request)
     t = translator(choice.locale)
-    html = _templates.get_template(template).render(
-        t=t,
-        _=t.gettext,
+    html = _templates.render(
+        template,
+        t,
         css_url=_static_url(request, "link.css"),
         icon_url=_static_url(request, "icon.svg"),
         refresh=context.pop("refresh", None),
@@ -200,8 +223,18 @@ def _page(
 
 
 def _message_page(request: Request, status_code: int, kind: str, *, headers: dict[str, str] | None = None) -> Response:
-    """The one look of every miss and error: a title and a sentence (``link.<kind>.title/text``)."""
-    return _page(request, "link_message.html", status_code=status_code, headers=headers, kind=kind)
+    """The one look of every miss and error: a title and a sentence (:data:`MESSAGES`)."""
+    t = translator(choose_locale(request).locale)
+    title, text = MESSAGES[kind]
+    return _page(
+        request,
+        "link_message.html",
+        status_code=status_code,
+        headers=headers,
+        kind=kind,
+        title=t.gettext(title),
+        text=t.gettext(text),
+    )
 
 
 def _not_found(request: Request) -> Response:
@@ -215,16 +248,30 @@ def _gone(request: Request) -> Response:
 def _facts(t: Translator, link: Link, settings: Settings) -> dict[str, Any]:
     tz = display_zone(settings)
     return {
-        "title": link.service_title or t("link.untitled"),
+        "title": link.service_title or t.gettext("Imaging study"),
         "study_date": t.long_date(link.study_date, tz) if link.study_date else None,
         "kept_until": t.date_time(link.save_till, tz) if link.save_till else None,
         "kept_until_date": t.long_date(link.save_till, tz) if link.save_till else None,
-        "modalities": ", ".join(m for m in (link.modalities or "").split(",") if m) or None,
+        "modalities": modality_names(t, link.modalities) or None,
         "images": t.number(link.instances) if link.instances is not None else None,
         "size": t.size(link.size_bytes) if link.size_bytes is not None else None,
-        "withheld": t.ngettext("link.withheld", link.withheld) if link.withheld > 0 else None,
+        "withheld": (
+            t.ngettext(
+                "%(num)s image was not included to protect privacy: it may show personal data in the picture "
+                "itself. If your doctor needs it, contact the clinic.",
+                "%(num)s images were not included to protect privacy: they may show personal data in the "
+                "picture itself. If your doctor needs them, contact the clinic.",
+                link.withheld,
+            )
+            if link.withheld > 0
+            else None
+        ),
         "progress": (
-            t("link.preparing.progress", received=t.number(link.progress_received), expected=t.number(exp))
+            t.gettext(
+                "Images received: %(received)s of %(expected)s",
+                received=t.number(link.progress_received),
+                expected=t.number(exp),
+            )
             if (exp := link.progress_expected) and link.progress_received is not None
             else None
         ),

@@ -24,6 +24,7 @@ from pynetdicom.status import code_to_category
 from studypub.dicom.contexts import get_contexts
 from studypub.dicom.receiver import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, make_ae, write_instance
 from studypub.errors import PacsUnavailable, PublicationError
+from studypub.i18n import N_
 from studypub.logs import get_logger
 from studypub.settings import Settings
 
@@ -63,8 +64,10 @@ def associate(settings: Settings, contexts: list, *, roles: list | None = None, 
     p = settings.pacs
     assoc = ae.associate(p.host, p.port, ae_title=p.called_ae, ext_neg=roles or None, evt_handlers=handlers or None)
     if not assoc.is_established:
-        reason = "rejected the association" if assoc.is_rejected else "is unreachable"
-        raise PacsUnavailable(f"The PACS at {p.host}:{p.port} ({p.called_ae}) {reason}")
+        where = {"host": p.host, "port": p.port, "ae": p.called_ae}
+        if assoc.is_rejected:
+            raise PacsUnavailable(N_("The PACS at %(host)s:%(port)s (%(ae)s) rejected the association", **where))
+        raise PacsUnavailable(N_("The PACS at %(host)s:%(port)s (%(ae)s) is unreachable", **where))
     try:
         yield assoc
     except BaseException:
@@ -78,7 +81,7 @@ def associate(settings: Settings, contexts: list, *, roles: list | None = None, 
 
 def _check_status(status: Dataset | None, what: str) -> tuple[int, str]:
     if status is None or "Status" not in status:
-        raise PacsUnavailable(f"The PACS did not answer the {what} (connection lost or timed out)")
+        raise PacsUnavailable(N_("The PACS did not answer the %(what)s (connection lost or timed out)", what=what))
     code = int(status.Status)
     return code, code_to_category(code)
 
@@ -89,7 +92,7 @@ def echo(settings: Settings) -> None:
     with associate(settings, [build_context(Verification)]) as assoc:
         code, category = _check_status(assoc.send_c_echo(), "C-ECHO")
         if category != "Success":
-            raise PacsUnavailable(f"C-ECHO answered 0x{code:04X} ({category})")
+            raise PacsUnavailable(N_("C-ECHO answered %(status)s", status=f"0x{code:04X} ({category})"))
 
 
 def _find(assoc: Association, query: Dataset) -> list[Dataset]:
@@ -102,9 +105,13 @@ def _find(assoc: Association, query: Dataset) -> list[Dataset]:
         elif category == "Success":
             break
         elif (code & 0xFF00) == 0xA700:  # out of resources: a busy PACS, worth another try
-            raise PacsUnavailable(f"The PACS is out of resources for the query: status 0x{code:04X}")
+            raise PacsUnavailable(
+                N_("The PACS is out of resources for the query: status %(status)s", status=f"0x{code:04X}")
+            )
         else:
-            raise PublicationError(f"The PACS refused the query: status 0x{code:04X} ({category})")
+            raise PublicationError(
+                N_("The PACS refused the query: status %(status)s", status=f"0x{code:04X} ({category})")
+            )
     return results
 
 

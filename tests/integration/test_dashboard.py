@@ -554,7 +554,7 @@ def test_published_list_filters_sorts_and_pages(db_url: str, dashboard: Any) -> 
         )
         assert len(_column(recent.text, "size")) == 5
         bad = b.get("/dashboard/published", params={"upload_from": "yesterday"})
-        assert bad.status_code == 422 and "upload_from" in bad.text
+        assert bad.status_code == 422 and "Publication date, from: not a date" in bad.text
         far = b.get("/dashboard/published", params={"upload_to": "9999-12-31", "study_from": "0001-01-01"})
         assert far.status_code == 422 and "between 1900 and 2200" in far.text
 
@@ -588,8 +588,9 @@ def test_extend_and_revoke_by_role(db_url: str, dashboard: Any) -> None:
         assert gone.status_code == 410
 
         audit = admin.get("/dashboard/audit", params={"actor": "admin", "action": "publication."})
-        assert "publication.extended" in audit.text and "publication.revoked" in audit.text
-        assert "publication.requested" not in audit.text
+        assert 'data-action="publication.extended"' in audit.text and 'data-action="publication.revoked"' in audit.text
+        assert 'data-action="publication.requested"' not in audit.text
+        assert "Storage period extended" in audit.text and "Link revoked, archive deleted" in audit.text
 
 
 def test_registrators_may_extend_when_the_setting_allows(db_url: str, dashboard: Any) -> None:

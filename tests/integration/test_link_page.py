@@ -291,8 +291,10 @@ def test_language_follows_the_browser_and_the_switch_is_remembered(sqlite_db: No
         for header, lang in [
             ("ru-RU", "ru"),
             ("en-GB,en;q=0.9", "en"),
-            ("de-DE,de;q=0.9,en;q=0.5", "en"),
-            ("de-DE", "ru"),  # nothing we speak: the clinic's language
+            ("de-DE,de;q=0.9,en;q=0.5", "de"),
+            ("it-IT,it;q=0.9,fr;q=0.5", "fr"),
+            ("es-419", "es"),
+            ("it-IT", "ru"),  # nothing we speak: the clinic's language
             ("en;q=0.3, ru;q=0.8", "ru"),
             ("ru;q=0, en", "en"),
             ("", "ru"),

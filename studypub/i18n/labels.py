@@ -1,0 +1,160 @@
+"""Codes in words: the names every surface shows for the domain's codes (steps, statuses, modalities, roles,
+settings choices, why an image was withheld...). A code missing here is shown as it is; a test checks that
+each code the domain defines has a name.
+"""
+
+from __future__ import annotations
+
+from studypub.i18n import pN_
+from studypub.i18n.translator import Labels, Translator
+
+STEPS = Labels(
+    "step",
+    {
+        "start": pN_("step", "Start"),
+        "find": pN_("step", "Search"),
+        "retrieve": pN_("step", "Retrieval"),
+        "anonymise": pN_("step", "Anonymisation"),
+        "zip": pN_("step", "Archiving"),
+        "upload": pN_("step", "Upload"),
+        "link": pN_("step", "Link"),
+    },
+)
+
+STATUSES = Labels(
+    "status",
+    {
+        "QUEUED": pN_("status", "Queued"),
+        "RUNNING": pN_("status", "Running"),
+        "COMPLETED": pN_("status", "Published"),
+        "FAILED": pN_("status", "Failed"),
+        "EXPIRED": pN_("status", "Expired"),
+        "DELETED": pN_("status", "Deleted"),
+    },
+)
+
+ROLES = Labels(
+    "role",
+    {
+        "administrator": pN_("role", "administrator"),
+        "registrator": pN_("role", "registrator"),
+    },
+)
+
+SOURCES = Labels(
+    "source",
+    {
+        "mis": pN_("source", "from the MIS"),
+        "manual": pN_("source", "by hand"),
+        "cli": pN_("source", "from the command line"),
+    },
+)
+
+# What the patient reads as the kind of study (DICOM Modality), in the words clinics use.
+MODALITIES = Labels(
+    "modality",
+    {
+        "CT": pN_("modality", "CT"),
+        "MR": pN_("modality", "MRI"),
+        "US": pN_("modality", "Ultrasound"),
+        "CR": pN_("modality", "X-ray"),
+        "DX": pN_("modality", "X-ray"),
+        "RG": pN_("modality", "X-ray"),
+        "IO": pN_("modality", "Dental X-ray"),
+        "PX": pN_("modality", "Panoramic dental X-ray"),
+        "MG": pN_("modality", "Mammography"),
+        "XA": pN_("modality", "Angiography"),
+        "RF": pN_("modality", "Fluoroscopy"),
+        "PT": pN_("modality", "PET"),
+        "NM": pN_("modality", "Nuclear medicine"),
+        "ES": pN_("modality", "Endoscopy"),
+        "XC": pN_("modality", "Photography"),
+        "OP": pN_("modality", "Eye photography"),
+        "OPT": pN_("modality", "Eye tomography (OCT)"),
+        "ECG": pN_("modality", "ECG"),
+        "BMD": pN_("modality", "Bone densitometry"),
+        "SR": pN_("modality", "Report"),
+        "DOC": pN_("modality", "Document"),
+        "SC": pN_("modality", "Image"),
+        "OT": pN_("modality", "Other"),
+    },
+)
+# Objects that come with images but are not a kind of study: not named to the patient.
+MODALITIES_NOT_SHOWN = frozenset({"KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "FID"})
+
+# Fields of forms and filters, as errors about them name them.
+FIELDS = Labels(
+    "field",
+    {
+        "patient_id": pN_("field", "PID"),
+        "accession_number": pN_("field", "Accession Number"),
+        "save_till": pN_("field", "Keep until"),
+        "upload_from": pN_("field", "Publication date, from"),
+        "upload_to": pN_("field", "Publication date, to"),
+        "study_from": pN_("field", "Study date, from"),
+        "study_to": pN_("field", "Study date, to"),
+        "save_till_from": pN_("field", "Kept until, from"),
+        "save_till_to": pN_("field", "Kept until, to"),
+    },
+)
+
+# The settings an administrator may change in the dashboard (studypub.overrides.OVERRIDABLE).
+SETTINGS = Labels(
+    "setting",
+    {
+        "links.default_retention_days": pN_("setting", "Default storage period (days)"),
+        "links.max_retention_days": pN_("setting", "Maximum storage period (days)"),
+        "deid.burned_in_policy": pN_("setting", "Images that may show identity in the pixels"),
+        "pacs.host": pN_("setting", "PACS host"),
+        "pacs.port": pN_("setting", "PACS DICOM port"),
+        "pacs.called_ae": pN_("setting", "PACS AE title"),
+    },
+)
+
+BURNED_IN_POLICIES = Labels(
+    "burned_in_policy",
+    {
+        "withhold": pN_("burned_in_policy", "leave them out of the archive"),
+        "include": pN_("burned_in_policy", "include them"),
+        "fail": pN_("burned_in_policy", "stop the publication with an error"),
+    },
+)
+
+# Why an instance was left out of the archive (studypub.deid reason codes).
+WITHHELD = Labels(
+    "withheld",
+    {
+        "burned_in_annotation": pN_("withheld", "text burned into the image"),
+        "recognizable_visual_features": pN_("withheld", "recognisable features such as a face"),
+        "encapsulated_document": pN_("withheld", "an attached document that may name the patient"),
+        "pixel_data_short": pN_("withheld", "damaged image data"),
+        "pixel_data_missing_frames": pN_("withheld", "damaged image data"),
+        "pixel_data_malformed": pN_("withheld", "damaged image data"),
+        "pixel_data_undescribed": pN_("withheld", "damaged image data"),
+        "withheld": pN_("withheld", "the image may show personal data"),
+    },
+)
+
+# The kind of device a link was opened from (studypub.links.user_agent_class).
+DEVICES = Labels(
+    "device",
+    {
+        "mobile": pN_("device", "a phone"),
+        "desktop": pN_("device", "a computer"),
+        "bot": pN_("device", "a link preview or a program"),
+        "other": pN_("device", "an unknown device"),
+    },
+)
+
+
+def modality_names(t: Translator, codes: str | None) -> str:
+    """The modalities of a study in words, each once, in their order ("MRI, X-ray")."""
+    names: list[str] = []
+    for code in (codes or "").split(","):
+        code = code.strip().upper()
+        if not code or code in MODALITIES_NOT_SHOWN:
+            continue
+        name = t.label(MODALITIES, code)
+        if name not in names:
+            names.append(name)
+    return ", ".join(names)
