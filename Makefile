@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast bench bench-chaos lint lock clean
+.PHONY: run test test-fast bench bench-chaos lint i18n lock clean
 
 run:            ## set up and start the service on embedded defaults (SQLite, local Prefect, local storage, demo PACS)
 	@deployments/setup.sh run
@@ -30,6 +30,10 @@ lint:
 	@deployments/setup.sh test
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy
+
+i18n:           ## messages of the code and templates into the five catalogs (.po), compiled (.mo); lists what needs translating
+	@deployments/setup.sh test
+	@$(PY) -m studypub.i18n.catalogs update
 
 lock:           ## refresh constraints.txt from the current virtualenv
 	@$(VENV)/bin/pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt

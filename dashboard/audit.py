@@ -131,8 +131,9 @@ def sentence(t: Translator, action: str, details: dict[str, Any] | None) -> str:
     return t.label(ACTIONS, action)
 
 
-def actor(t: Translator, name: str) -> str:
-    return t.label(ACTORS, name)
+def actor(t: Translator, name: str) -> tuple[str, bool]:
+    """Who, in words; (text, True) when it is a user's name (data, shown as it is)."""
+    return t.label(ACTORS, name), name not in ACTORS
 
 
 def _yes_no(t: Translator, value: Any) -> str:
@@ -159,8 +160,8 @@ def _changed(t: Translator, value: Any) -> str:
     return "; ".join(shown)
 
 
-def detail_rows(t: Translator, details: dict[str, Any] | None, tz: tzinfo) -> list[tuple[str, str]]:
-    """The details as (label, value) pairs, codes in words."""
+def detail_rows(t: Translator, details: dict[str, Any] | None, tz: tzinfo) -> list[tuple[str, str, bool]]:
+    """The details as (label, value, the value is data shown as it is) triples, codes in words."""
     values: dict[str, Callable[[Any], str]] = {
         "ua": lambda v: t.label(DEVICES, v),
         "role": lambda v: t.label(ROLES, v),
@@ -174,6 +175,6 @@ def detail_rows(t: Translator, details: dict[str, Any] | None, tz: tzinfo) -> li
     }
     rows = []
     for key, value in (details or {}).items():
-        show = values.get(key, str)
-        rows.append((t.label(DETAILS, key), show(value)))
+        show = values.get(key)
+        rows.append((t.label(DETAILS, key), show(value) if show else str(value), show is None))
     return rows

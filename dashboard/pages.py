@@ -721,7 +721,7 @@ def audit_page(
             "at": e["at"],
             "action": e["action"],
             "sentence": audit_text.sentence(t, e["action"], e["details"]),
-            "actor": audit_text.actor(t, e["actor"]),
+            "actor": audit_text.actor(t, e["actor"]),  # (text, is a user's name)
             "task_id": e["task_id"],
             "details": audit_text.detail_rows(t, e["details"], tz),
         }

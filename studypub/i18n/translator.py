@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from babel import Locale
-from babel.dates import format_date, format_datetime, format_time, get_timezone_gmt, get_timezone_location
+from babel.dates import format_date, format_skeleton, format_time, get_timezone_gmt, get_timezone_location
 from babel.numbers import format_decimal
 from babel.support import NullTranslations, Translations
 from babel.units import format_unit
@@ -100,9 +100,10 @@ class Translator:
         return format_date(value, "long", locale=self.babel)
 
     def short_date(self, value: date | datetime, tz: tzinfo | None = None) -> str:
+        """A date in figures, with the whole year ("01.02.2025", "2/1/2025")."""
         if isinstance(value, datetime):
             value = (value.astimezone(tz) if tz is not None else value).date()
-        return format_date(value, "medium", locale=self.babel)
+        return format_skeleton("yMd", value, locale=self.babel)
 
     def date_time(self, value: datetime, tz: tzinfo) -> str:
         """Date, time and UTC offset: "1 March 2025, 00:00 (GMT+03:00)", "…, 21:00 (UTC)"."""
@@ -113,12 +114,14 @@ class Translator:
         return f"{self.long_date(local)}, {time} ({zone})"
 
     def short_datetime(self, value: datetime | str | None, tz: tzinfo) -> str:
-        """A table's date and time ("01.02.2025, 16:18", "2/1/25, 4:18 PM") in ``tz``."""
+        """A table's date and time ("01.02.2025, 16:18", "2/1/2025, 4:18 PM") in ``tz``."""
         if value is None:
             return ""
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
-        return format_datetime(value.astimezone(tz), "short", locale=self.babel)
+        local = value.astimezone(tz)
+        glue = str(self.babel.datetime_formats["short"])
+        return glue.format(format_time(local, "short", locale=self.babel), self.short_date(local))
 
     def time(self, value: datetime, tz: tzinfo) -> str:
         return format_time(value.astimezone(tz), "short", locale=self.babel)

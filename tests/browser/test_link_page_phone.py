@@ -100,8 +100,9 @@ def test_link_page_on_a_phone(lang: str, browser: Any, api_server: Any) -> None:
         # The visible switch: tap the other language, it sticks for the next page
         other = "en" if lang == "ru" else "ru"
         page.goto(f"{api.base_url}/s/{ready.link_key}")
-        page.locator(f'nav.lang a[hreflang="{other}"]').tap()
-        page.wait_for_load_state()
+        page.locator("details.lang summary").tap()
+        with page.expect_navigation():
+            page.locator(f'details.lang a[hreflang="{other}"]').tap()
         assert page.get_attribute("html", "lang") == other
         page.goto(f"{api.base_url}/s/{ready.link_key}")
         assert page.get_attribute("html", "lang") == other
