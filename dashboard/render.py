@@ -4,6 +4,7 @@ page for 403/404/409/...)."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -59,6 +60,11 @@ ERROR_TITLES = {
     410: N_("No longer available"),
     422: N_("Check the input"),
     503: N_("Temporarily unavailable"),
+}
+
+ERROR_SENTENCES = {
+    4: N_("The address or the form is not right. Go back and try again."),
+    5: N_("The service cannot answer right now. Please try again in a few minutes."),
 }
 
 _templates = Templates(TEMPLATES_DIR)
@@ -140,5 +146,14 @@ def error_page(request: Request, status: int, code: str, detail: str) -> Respons
             target = f"{PREFIX}/queue"
         return redirect(f"{PREFIX}/login?next={quote(target, safe='')}")
     user = getattr(request.state, "user", None)
-    title = translator_for(request).gettext(ERROR_TITLES.get(status, N_("Something went wrong")))
-    return render(request, "error.html", user=user, status_code=status, title=title, detail=detail)
+    t = translator_for(request)
+    title = t.gettext(ERROR_TITLES.get(status, N_("Something went wrong")))
+    if detail == HTTPStatus(status).phrase:  # Starlette's own "Not Found": the title says it already
+        detail = ""
+    # A detail the catalogs do not know (a framework's message): a sentence in the page's language, the
+    # detail itself folded, marked as English.
+    message = t.text(detail) if t.knows(detail) else t.gettext(ERROR_SENTENCES.get(status // 100, ERROR_SENTENCES[5]))
+    technical = "" if t.knows(detail) else detail
+    return render(
+        request, "error.html", user=user, status_code=status, title=title, message=message, technical=technical
+    )

@@ -101,6 +101,11 @@ def matcher() -> Matcher:
     return Matcher(msgids)
 
 
+def known(english: str) -> bool:
+    """Whether ``english`` is a message of the catalogs (so :func:`translate` can put it in words)."""
+    return matcher().match(english) is not None
+
+
 def translate(t: Translator, english: str, depth: int = 0) -> str:
     return _translate(t.locale, english, depth)
 

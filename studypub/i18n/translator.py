@@ -88,6 +88,12 @@ class Translator:
 
         return translate(self, english) if english else ""
 
+    def knows(self, english: str | None) -> bool:
+        """Whether :meth:`text` can translate ``english`` (it is one of the catalogs' messages)."""
+        from studypub.i18n.text import known
+
+        return bool(english) and known(english or "")
+
     # Formats ---------------------------------------------------------------------------------------------------
 
     def number(self, value: float) -> str:

@@ -9,9 +9,10 @@ fails when
 - a page shows an untranslated string: in Russian, a Latin word that is neither in the Russian catalog nor
   data the test put there; in Spanish, French and German, a word of the English messages that the language's
   catalog does not use; in any language, a raw code (``link.viewed``, ``task_id``). Text marked as another
-  language (``lang=``: the language switch) and identifiers (``.id``) are data, not interface.
+  language (``lang=``: the language switch), identifiers (``.id``) and technical details marked
+  ``translate="no"`` (a framework's message, folded on an error page) are data, not interface.
 
-One browser, one server and one seeding for everything (about a minute and a half on two cores).
+One browser, one server and one seeding for everything: about three minutes on two cores (marked slow).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _pacs_unreachable(settings: Any) -> str:
 
 _SHOWN = """() => {
   const lang = document.documentElement.lang, out = [];
-  const skip = (el) => !el || el.closest("script,style,.id") || (el.closest("[lang]") || {}).lang !== lang;
+  const skip = (el) => !el || el.closest("script,style,.id,[translate=no]") || (el.closest("[lang]") || {}).lang !== lang;
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   while (walker.nextNode()) {
     const node = walker.currentNode;
@@ -234,6 +235,7 @@ def sign_in(page: Any, base: str, username: str) -> None:
     page.wait_for_url(f"{base}/dashboard/queue")
 
 
+@pytest.mark.slow
 def test_every_page_in_every_language_on_a_phone_and_a_desk(browser: Any, service: tuple[Any, Seeded]) -> None:
     api, seeded = service
     base = api.base_url
@@ -252,6 +254,8 @@ def test_every_page_in_every_language_on_a_phone_and_a_desk(browser: Any, servic
         "audit": "/dashboard/audit",
         "error-404": f"/dashboard/tasks/{no_task}",
         "error-422": "/dashboard/published?upload_from=yesterday",
+        "error-404-path": "/dashboard/no-such-page",
+        "error-422-query": "/dashboard/published?page=0",  # the framework's own message, folded
     }
     registrator_pages = {"queue-registrator": "/dashboard/queue", "task-registrator": admin_pages["task-ready"]}
     registrator_pages["error-403"] = "/dashboard/users"
@@ -324,6 +328,7 @@ def test_every_page_in_every_language_on_a_phone_and_a_desk(browser: Any, servic
     assert problems == [], "\n".join(problems[:60])
 
 
+@pytest.mark.slow
 def test_the_language_switch_is_remembered(browser: Any, service: tuple[Any, Seeded]) -> None:
     api, seeded = service
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, locale="en-US")
