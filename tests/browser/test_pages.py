@@ -143,7 +143,8 @@ def _pacs_unreachable(settings: Any) -> str:
 
 _SHOWN = """() => {
   const lang = document.documentElement.lang, out = [];
-  const skip = (el) => !el || el.closest("script,style,.id,[translate=no]") || (el.closest("[lang]") || {}).lang !== lang;
+  const data = "script,style,.id,[translate=no]";
+  const skip = (el) => !el || el.closest(data) || (el.closest("[lang]") || {}).lang !== lang;
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
   while (walker.nextNode()) {
     const node = walker.currentNode;
