@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Match
 
 from api.i18n import LANG_PARAM, choose_locale, remember_locale
 from dashboard.auth import csrf_nonce, csrf_token, set_csrf_cookie
@@ -84,10 +85,25 @@ def translator_for(request: Request) -> Translator:
     return translator(choose_locale(request).locale)
 
 
+def _page_path(request: Request) -> str:
+    """The page to show again in another language: this one, or for the answer to a form (a POST), the
+    nearest page above it (``/tasks/<id>/extend`` -> ``/tasks/<id>``, ``/settings/echo`` -> ``/settings``)."""
+    path = request.url.path
+    if request.method == "GET":
+        return path
+    while path.startswith(f"{PREFIX}/"):
+        scope = {"type": "http", "path": path, "method": "GET", "root_path": ""}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            return path
+        path = path.rsplit("/", 1)[0]
+    return f"{PREFIX}/queue"
+
+
 def _context(request: Request, t: Translator, user: User | None, csrf: str) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
     tz = zone(settings)
-    query = [(k, v) for k, v in request.query_params.multi_items() if k != LANG_PARAM]
+    here = _page_path(request)
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != LANG_PARAM and here == request.url.path]
     return {
         "user": user,
         "is_admin": user is not None and user.role == Role.ADMINISTRATOR,
@@ -99,7 +115,7 @@ def _context(request: Request, t: Translator, user: User | None, csrf: str) -> d
         "dt": lambda value: t.short_datetime(value, tz),
         "labels": labels,
         "sections": [(href, t.gettext(name), admin) for href, name, admin in SECTIONS],
-        "lang_query": lambda code: urlencode([*query, (LANG_PARAM, code)]),
+        "lang_href": lambda code: f"{here}?{urlencode([*query, (LANG_PARAM, code)])}",
         "settings": settings,
     }
 

@@ -12,6 +12,7 @@ messages rarely touch the same lines.
 from __future__ import annotations
 
 import io
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,6 +90,16 @@ def update() -> None:
         mo_path(locale).write_bytes(compiled(read(locale)))
 
 
+# Templates format every message (new-style gettext), so a percent sign outside a %(name)s must be %%.
+_BARE_PERCENT = re.compile(r"%\(\w+\)s|%%")
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str)]
+    return [value] if isinstance(value, str) else []
+
+
 def _untranslated(message: Message) -> bool:
     strings = message.string if isinstance(message.string, (list, tuple)) else [message.string]
     return message.fuzzy or not all(strings)
@@ -120,6 +131,10 @@ def problems(template: Catalog | None = None, locales: Iterable[str] = LOCALES) 
                 found.append(f"{locale}: no translation: {key[1]!r} ({where})")
         for message, errors in catalog.check():
             found.extend(f"{locale}: {message.id!r}: {error}" for error in errors)
+        for message in catalog:
+            texts = [*_strings(message.id), *_strings(message.string)]
+            if message.id and any("%" in _BARE_PERCENT.sub("", text) for text in texts):
+                found.append(f"{locale}: {message.id!r}: a bare % (write %% for a percent sign)")
         mo = mo_path(locale)
         if not mo.is_file() or mo.read_bytes() != compiled(catalog):
             found.append(f"{locale}: {mo.name} is not compiled from {po_path(locale).name} (run make i18n)")

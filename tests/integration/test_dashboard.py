@@ -694,18 +694,28 @@ def test_settings_override_the_environment_defaults(db_url: str, dashboard: Any,
     assert "settings.changed" in audit_actions("admin")
 
 
-def test_pages_speak_russian_and_english(db_url: str, dashboard: Any) -> None:
+def test_pages_speak_the_browsers_language_and_the_switch_is_remembered(db_url: str, dashboard: Any) -> None:
     api = dashboard()
     with Browser(api.base_url) as b:
         b.login("reg")
-        ru = b.get("/dashboard/queue", headers={"Accept-Language": "ru-RU,ru;q=0.9"})
-        assert "Очередь" in ru.text and 'lang="ru"' in ru.text
-        en = b.get("/dashboard/queue", headers={"Accept-Language": "en-US"})
-        assert "Queue" in en.text and 'lang="en"' in en.text
-        switched = b.get("/dashboard/published?lang=en", headers={"Accept-Language": "ru"})
+        for header, lang, says in [
+            ("ru-RU,ru;q=0.9", "ru", "Очередь"),
+            ("en-US", "en", "Queue"),
+            ("es-ES,es;q=0.9", "es", "Cola"),
+            ("fr-FR", "fr", "File d'attente"),
+            ("de-CH,de;q=0.9", "de", "Warteschlange"),
+        ]:
+            page = b.get("/dashboard/queue", headers={"Accept-Language": header})
+            assert says in page.text and f'lang="{lang}"' in page.text, header
+        switched = b.get("/dashboard/published?lang=en&pid=P1", headers={"Accept-Language": "ru"})
         assert "Published studies" in switched.text
+        assert 'href="/dashboard/published?pid=P1&amp;lang=de"' in switched.text  # the switch keeps the filter
         remembered = b.get("/dashboard/publish", headers={"Accept-Language": "ru"})
         assert "Publish a study" in remembered.text
+
+        b.login("admin")
+        echoed = b.post("/dashboard/settings/echo")  # a form's answer: the switch leads to its page
+        assert 'href="/dashboard/settings?lang=fr"' in echoed.text
 
 
 def test_two_administrators_demoting_each_other_leave_one(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,6 +57,20 @@ def test_the_check_notices_a_message_without_a_translation(template: object) -> 
     assert len(found) == 2  # missing from both catalogs (English must list it too)
 
 
+def test_the_check_notices_a_bare_percent_sign(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Templates format every message, so "100%" must be written "100%%" (else the page fails)."""
+    from babel.messages.catalog import Catalog
+
+    import studypub.i18n.catalogs as catalogs
+
+    bad = Catalog(locale="de")
+    bad.add("Done", "100% fertig")
+    bad.add("Half", "50%% fertig")
+    monkeypatch.setattr(catalogs, "read", lambda locale: bad)
+    found = [line for line in catalogs.problems(Catalog(), locales=["de"]) if "bare %" in line]
+    assert found == ["de: 'Done': a bare % (write %% for a percent sign)"]
+
+
 # Templates: no text outside _() -------------------------------------------------------------------------------
 
 # Words that are the same in every language: the product, protocols and standards, the arrows of the pager.
