@@ -12,6 +12,7 @@ fails when
   language (``lang=``: the language switch), identifiers (``.id``) and technical details marked
   ``translate="no"`` (a framework's message, folded on an error page) are data, not interface.
 
+At the end, the language switch: chosen on the patient's page, kept on the dashboard, changed there, remembered.
 One browser, one server and one seeding for everything: about three minutes on two cores (marked slow).
 """
 
@@ -237,7 +238,7 @@ def sign_in(page: Any, base: str, username: str) -> None:
 
 
 @pytest.mark.slow
-def test_every_page_in_every_language_on_a_phone_and_a_desk(browser: Any, service: tuple[Any, Seeded]) -> None:
+def test_every_page_in_five_languages_on_a_phone_and_a_desk(browser: Any, service: tuple[Any, Seeded]) -> None:
     api, seeded = service
     base = api.base_url
     vocabulary = Vocabulary()
@@ -327,26 +328,27 @@ def test_every_page_in_every_language_on_a_phone_and_a_desk(browser: Any, servic
             finally:
                 context.close()
     assert problems == [], "\n".join(problems[:60])
+    switch_language_and_see_it_remembered(browser, base, seeded)
 
 
-@pytest.mark.slow
-def test_the_language_switch_is_remembered(browser: Any, service: tuple[Any, Seeded]) -> None:
-    api, seeded = service
+def switch_language_and_see_it_remembered(browser: Any, base: str, seeded: Seeded) -> None:
+    """On a phone: the patient's page in the browser's English, switched to French; the dashboard then in
+    French too; switched there to German, remembered on the next page."""
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, locale="en-US")
     try:
         page = context.new_page()
-        page.goto(f"{api.base_url}/s/{seeded.links['ready']}")
+        page.goto(f"{base}/s/{seeded.links['ready']}")
         assert page.get_attribute("html", "lang") == "en"
         page.locator("details.lang summary").tap()
         with page.expect_navigation():
             page.locator('details.lang a[hreflang="fr"]').tap()
         assert page.get_attribute("html", "lang") == "fr"
-        sign_in(page, api.base_url, "desk")  # the dashboard too, in the language chosen on the link page
+        sign_in(page, base, "desk")  # the dashboard too, in the language chosen on the link page
         assert page.get_attribute("html", "lang") == "fr"
         page.locator("details.lang summary").tap()
         with page.expect_navigation():
             page.locator('details.lang a[hreflang="de"]').tap()
-        page.goto(f"{api.base_url}/dashboard/published")
+        page.goto(f"{base}/dashboard/published")
         assert page.get_attribute("html", "lang") == "de" and "Veröffentlichte Untersuchungen" in page.content()
     finally:
         context.close()
