@@ -14,6 +14,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from studypub.i18n.translator import Translator, translator
 
 
+def sentence(text: str) -> str:
+    """A message shown on its own, as a sentence: its first letter capitalised ("study not found..." -> "Study
+    not found..."); the domain's messages start in lower case because they are also parts of others."""
+    return text[:1].upper() + text[1:]
+
+
 class Templates:
     def __init__(self, directory: Path, *, html: bool = True) -> None:
         self.directory = directory
@@ -40,6 +46,7 @@ class Templates:
                     env.install_gettext_translations(  # type: ignore[attr-defined]
                         translator(locale).translations, newstyle=True
                     )
+                    env.filters["sentence"] = sentence
                     self._environments[locale] = env
         return env
 
