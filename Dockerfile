@@ -8,9 +8,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     STUDYPUB_WORK_DIR=/var/lib/studypub
 
-# pg_dump/pg_restore for `studypub backup` / `studypub restore`.
+# pg_dump/pg_restore for `studypub backup` / `studypub restore`; Tesseract for burned-in text.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql-client \
+       tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

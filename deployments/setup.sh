@@ -15,6 +15,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_pkgs=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_pkgs+=(orthanc)
 command -v getscu >/dev/null 2>&1 || need_pkgs+=(dcmtk)
+# OCR of text burned into pixels (English and Russian models).
+{ command -v tesseract && ls /usr/share/tesseract-ocr/*/tessdata/rus.traineddata; } >/dev/null 2>&1 \
+  || need_pkgs+=(tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus)
 "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ "$mode" = test ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need_pkgs+=(postgresql)
@@ -22,6 +25,8 @@ if [ "$mode" = test ]; then
   [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
   # The reverse proxy's configuration is checked and served by the tests (Debian's nginx, own instances).
   [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+  # dciodvfy checks that anonymised output is still a valid IOD.
+  command -v dciodvfy >/dev/null 2>&1 || need_pkgs+=(dicom3tools)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2
@@ -65,5 +70,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   [ "$mode" = test ] && extras="[test]"
   "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".$extras" >&2
   touch "$stamp"
-  [ "$mode" = test ] && touch "$VENV/.installed-run"  # the test install is a superset
+  if [ "$mode" = test ]; then touch "$VENV/.installed-run"; fi  # the test install is a superset
 fi
