@@ -8,9 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     STUDYPUB_WORK_DIR=/var/lib/studypub
 
-# pg_dump/pg_restore for `studypub backup` / `studypub restore`; Tesseract for burned-in text.
+# The run command's runtime packages (deployments/setup.sh; tests/unit/test_runtime_deps.py compares them):
+# Tesseract for burned-in text, dcmtk's encoders for the demo studies (the compose file's demo-studies).
+# Beyond them, pg_dump/pg_restore for `studypub backup` / `studypub restore` against the compose PostgreSQL.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends postgresql-client \
+    && apt-get install -y --no-install-recommends postgresql-client dcmtk \
        tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus \
     && rm -rf /var/lib/apt/lists/*
 

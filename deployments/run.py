@@ -4,7 +4,11 @@ Starts a local Prefect server (unless PREFECT_API_URL points at one), the demo P
 generated studies, unless --no-demo), ``studypub worker`` (the Storage SCP and the served ``publish`` and
 ``retention`` deployments) and ``studypub api`` (the MIS API and the patients' link pages, on 127.0.0.1);
 prints the addresses and a ``curl`` that publishes a demo study; Ctrl-C stops everything (the API and the
-worker before the Prefect server).
+worker before the Prefect server), each child with its whole process group.
+
+It never touches a process it did not start: when a default port is taken (Debian's own Orthanc on 4242/8042,
+another program on 8000...), it takes a free one instead and says so. A port set explicitly (option or
+environment) is used as given, or the start stops with a message naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from typing import Any
 
 from studypub.logs import get_logger
@@ -36,6 +41,99 @@ def _wait_http(url: str, timeout: float) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+DEFAULT_PREFECT_PORT = 4200
+DEFAULT_DEMO_HTTP_PORT = 8042
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on ``port`` on any local address (binding the wildcard address conflicts with all)."""
+    from studypub.dicom.receiver import port_is_free
+
+    return port_is_free("0.0.0.0", port)
+
+
+@dataclass
+class Ports:
+    """The ports of this run, and one line per default that was taken and replaced."""
+
+    prefect: int
+    api: int
+    pacs: int
+    pacs_http: int
+    scp: int
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_ports(settings: Settings, args: Any, free: Any = port_free) -> Ports:
+    """Each default port, or a free one when it is taken; an explicitly set port that is taken stops the start
+    with a message naming it (``SystemExit``). The Storage SCP's port is only changed for the demo PACS (a real
+    PACS knows the service by its port)."""
+    from studypub.demo.net import free_port
+
+    taken: set[int] = set()
+
+    def pick(what: str, port: int, explicit: str | None) -> int:
+        if port not in taken and free(port):
+            taken.add(port)
+            return port
+        if explicit:
+            raise SystemExit(f"port {port} ({what}) is taken; free it or set another port ({explicit})")
+        other = free_port()
+        while other in taken:
+            other = free_port()
+        taken.add(other)
+        ports.notes.append(f"port {port} ({what}) is taken: using {other} instead")
+        return other
+
+    demo = not args.no_demo
+    ports = Ports(0, 0, settings.pacs.port, 0, settings.pacs.scp_port)
+    if not os.environ.get("PREFECT_API_URL"):
+        ports.prefect = pick(
+            "Prefect server",
+            args.prefect_port or DEFAULT_PREFECT_PORT,
+            "--prefect-port" if args.prefect_port else None,
+        )
+    if demo:
+        ports.pacs = pick("demo PACS, DICOM", settings.pacs.port, _explicit(settings.pacs, "port", "PACS__PORT"))
+        ports.pacs_http = pick(
+            "demo PACS, web",
+            args.demo_http_port or DEFAULT_DEMO_HTTP_PORT,
+            "--demo-http-port" if args.demo_http_port else None,
+        )
+        ports.scp = pick("Storage SCP", settings.pacs.scp_port, _explicit(settings.pacs, "scp_port", "PACS__SCP_PORT"))
+    elif not free(settings.pacs.scp_port):
+        raise SystemExit(
+            f"port {settings.pacs.scp_port} (Storage SCP) is taken: is another studypub running? "
+            "The PACS sends the images to this port, so it is not changed without the demo PACS."
+        )
+    ports.api = pick("API and dashboard", settings.api.port, _explicit(settings.api, "port", "API__PORT"))
+    return ports
+
+
+def _explicit(section: Any, name: str, env: str) -> str | None:
+    """The setting's variable name when it was set (environment or .env), else None."""
+    return f"STUDYPUB_{env}" if name in section.model_fields_set else None
+
+
+def apply_ports(settings: Settings, ports: Ports) -> Settings:
+    """Hand the chosen ports to the children (through the environment) and return the settings they will read."""
+    env: dict[str, str] = {}
+    if ports.api != settings.api.port:
+        env["STUDYPUB_API__PORT"] = str(ports.api)
+        if "public_base_url" not in settings.links.model_fields_set:
+            env["STUDYPUB_LINKS__PUBLIC_BASE_URL"] = f"http://127.0.0.1:{ports.api}"
+    if ports.pacs != settings.pacs.port:
+        env["STUDYPUB_PACS__PORT"] = str(ports.pacs)
+    if ports.scp != settings.pacs.scp_port:
+        env["STUDYPUB_PACS__SCP_PORT"] = str(ports.scp)
+    if ports.prefect and "prefect_ui_url" not in settings.dashboard.model_fields_set:
+        env["STUDYPUB_DASHBOARD__PREFECT_UI_URL"] = f"http://127.0.0.1:{ports.prefect}"
+    if not env:
+        return settings
+    os.environ.update(env)
+    return Settings()
 
 
 def start_prefect_server(settings: Settings, port: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -143,14 +241,16 @@ def demo_admin(settings: Settings) -> tuple[str, str] | None:
     return "admin", password
 
 
-def curl_example(api_url: str, key: str, clinic: str, patient_id: str, accession: str) -> str:
+def curl_example(api_url: str, key: str, clinic: str, spec: Any) -> str:
+    """The MIS's call for a demo study: its own IDs, title and date (the PACS's StudyDate, Moscow time)."""
+    d, t = spec.study_date, spec.study_time
     body = json.dumps(
         {
-            "patient_id": patient_id,
-            "accession_number": accession,
+            "patient_id": spec.patient_id,
+            "accession_number": spec.accession_number,
             "clinic_code": clinic,
-            "service_title": "МРТ суставов",
-            "study_date": "2025-02-01T16:18:02+03:00",
+            "service_title": spec.service_title or spec.study_description,
+            "study_date": f"{d[:4]}-{d[4:6]}-{d[6:8]}T{t[:2]}:{t[2:4]}:{t[4:6]}+03:00",
         },
         ensure_ascii=False,
     )
@@ -161,22 +261,43 @@ def curl_example(api_url: str, key: str, clinic: str, patient_id: str, accession
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
-    if proc is None or proc.poll() is not None:
+    """SIGTERM the child's process group (it was started in its own session: its children too), wait up to
+    ``grace`` s, then SIGKILL what is left of the group."""
+    if proc is None:
         return
-    proc.terminate()
+    _signal_group(proc.pid, signal.SIGTERM)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 5  # members of the group that outlive its leader (pool processes...)
+    while _signal_group(proc.pid, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group of ours; False when it has no member left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - not ours: leave it
+        return False
+    return True
 
 
 def serve_forever(args: Any, settings: Settings) -> int:
     # Nothing here may import Prefect before PREFECT_API_URL is set below: Prefect reads its settings at
     # import, and without the URL it would start a temporary server of its own.
     from studypub.db import migrate
-    from studypub.dicom.receiver import port_is_free
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    ports = choose_ports(settings, args)
+    settings = apply_ports(settings, ports)
+    for note in ports.notes:
+        print(f"Note: {note}.", file=sys.stderr)
     migrate(settings)
     stop = threading.Event()
     # Both handled explicitly: a process started in the background may inherit SIGINT as ignored.
@@ -190,14 +311,12 @@ def serve_forever(args: Any, settings: Settings) -> int:
         api = os.environ.get("PREFECT_API_URL")
         if not api:
             print("Starting the Prefect server (first start takes ~20 s)...", file=sys.stderr)
-            prefect_proc, api = start_prefect_server(settings, args.prefect_port)
+            prefect_proc, api = start_prefect_server(settings, ports.prefect)
             os.environ["PREFECT_API_URL"] = api
         specs: list[Any] = []
         if not args.no_demo:
             print("Starting the demo PACS (Orthanc) and loading demo studies...", file=sys.stderr)
-            pacs, specs = start_demo_pacs(settings, args.demo_http_port)
-        if not port_is_free(settings.pacs.scp_bind, settings.pacs.scp_port):
-            raise SystemExit(f"port {settings.pacs.scp_port} (Storage SCP) is taken: is another studypub running?")
+            pacs, specs = start_demo_pacs(settings, ports.pacs_http)
         worker = start_worker(settings)
         api_proc, api_url = start_api(settings)
         ui = api.removesuffix("/api")
@@ -226,12 +345,14 @@ def serve_forever(args: Any, settings: Settings) -> int:
             lines += [
                 "",
                 "Publish a demo study as the MIS would (the answer carries the patient's link at once):",
-                curl_example(api_url, key, settings.default_clinic_code, spec.patient_id, spec.accession_number),
+                curl_example(api_url, key, settings.default_clinic_code, spec),
                 "then follow it:  curl -s -H 'X-API-Key: ...' <status_url from the answer>",
                 "MIS keys: .venv/bin/studypub create-api-key --name <MIS name>",
             ]
             lines += ["", "Demo studies (patient id / accession):"]
             lines += [f"  {s.patient_id:<16} {s.accession_number}" for s in specs]
+        if ports.notes:
+            lines += ["", *(f"Note: {note}." for note in ports.notes)]
         lines += ["", "Ctrl-C stops everything."]
         print("\n".join(lines), flush=True)
         while not stop.wait(1):
@@ -254,6 +375,14 @@ def serve_forever(args: Any, settings: Settings) -> int:
 
 
 def add_arguments(p: Any) -> None:
-    p.add_argument("--prefect-port", type=int, default=4200, help="port of the local Prefect server")
-    p.add_argument("--demo-http-port", type=int, default=8042, help="web port of the demo Orthanc")
+    p.add_argument(
+        "--prefect-port",
+        type=int,
+        help=f"port of the local Prefect server (default {DEFAULT_PREFECT_PORT}, or a free one when it is taken)",
+    )
+    p.add_argument(
+        "--demo-http-port",
+        type=int,
+        help=f"web port of the demo Orthanc (default {DEFAULT_DEMO_HTTP_PORT}, or a free one when it is taken)",
+    )
     p.add_argument("--no-demo", action="store_true", help="do not start the demo PACS")

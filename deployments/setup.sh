@@ -32,12 +32,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
-  # Debian starts a system-wide Orthanc on 4242/8042; the project runs its own instances.
-  as_root systemctl disable --now orthanc >/dev/null 2>&1 || as_root service orthanc stop >/dev/null 2>&1 || true
-  # Likewise a system-wide nginx on port 80, when the tests' packages brought it.
-  if [ -x /usr/sbin/nginx ]; then
-    as_root systemctl disable --now nginx >/dev/null 2>&1 || as_root service nginx stop >/dev/null 2>&1 || true
-  fi
+  # Debian's packages may start a system-wide Orthanc (4242/8042) or nginx (80). They are left alone: setup
+  # never stops, kills or reconfigures a process it did not start. The project runs its own instances, and
+  # `studypub run` takes free ports when the defaults are taken (it prints them).
 fi
 
 if [ "$mode" = test ]; then

@@ -164,6 +164,7 @@ class StudySpec:
     study_time: str = "161802"
     study_description: str = "Synthetic study"
     modality: str = "CT"
+    service_title: str = ""  # the MIS's title of the service (what `studypub run`'s curl sends), in Russian
     series: list[SeriesSpec] = field(default_factory=lambda: [SeriesSpec()])
     include_pdf: bool = False  # add an Encapsulated PDF report (its own DOC series)
     burned_in_annotation: bool = False  # draw patient name/ID into the pixels, BurnedInAnnotation=YES
@@ -1245,6 +1246,7 @@ def demo_studies() -> list[StudySpec]:
             study_date="20250201",
             study_time="161802",
             study_description="CT chest with contrast",
+            service_title="КТ органов грудной клетки с контрастированием",
             modality="CT",
             series=[
                 SeriesSpec(images=24, rows=512, cols=512, description="Chest 2.5mm", body_part="CHEST"),
@@ -1268,6 +1270,7 @@ def demo_studies() -> list[StudySpec]:
             study_date="20250203",
             study_time="093015",
             study_description="MRI of joints",
+            service_title="МРТ коленного сустава",
             modality="MR",
             series=[
                 SeriesSpec(
@@ -1299,6 +1302,7 @@ def demo_studies() -> list[StudySpec]:
             study_date="20250204",
             study_time="110500",
             study_description="Chest X-ray PA with report",
+            service_title="Рентгенография органов грудной клетки",
             modality="CR",
             series=[
                 SeriesSpec(
@@ -1323,6 +1327,7 @@ def demo_studies() -> list[StudySpec]:
             study_date="20250205",
             study_time="140000",
             study_description="US abdomen",
+            service_title="УЗИ органов брюшной полости",
             modality="US",
             series=[
                 SeriesSpec(
@@ -1354,6 +1359,7 @@ def demo_studies() -> list[StudySpec]:
             study_date="20250206",
             study_time="083000",
             study_description="Outside images (screen capture)",
+            service_title="Снимки из другой клиники",
             modality="OT",
             series=[
                 SeriesSpec(images=2, rows=480, cols=640, transfer_syntax="deflated", description="Screen capture"),
