@@ -1,4 +1,4 @@
-"""``studypub api``: the API and the patient's link pages, served by uvicorn with the project's JSON logs.
+"""``studypub api``: the API and the patient's link pages, served by uvicorn with the project's logs (studypub.logs).
 
 Client addresses (rate limits, the audit's coarse client info) come from X-Forwarded-For only when the
 request comes from a trusted proxy (``STUDYPUB_API__TRUSTED_PROXIES``). Empty (the default) trusts no proxy:
@@ -10,22 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from studypub.settings import Settings
-
-# JSON lines on stderr in the spec's shape (studypub.logs), for our loggers and uvicorn's.
-LOG_CONFIG: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "studypub.logs.SpecJsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "json"}},
-    "loggers": {
-        "studypub": {"level": "INFO"},
-        "uvicorn": {"level": "INFO"},
-        "uvicorn.error": {"level": "INFO"},
-        "prefect": {"level": "WARNING"},
-        "httpx": {"level": "WARNING"},
-    },
-    "root": {"level": "WARNING", "handlers": ["stderr"]},
-}
 
 
 def trusted_proxies(settings: Settings) -> list[str]:
@@ -44,6 +28,7 @@ def serve_api(settings: Settings, *, host: str | None = None, port: int | None =
     import uvicorn
 
     from studypub.db import migrate
+    from studypub.logs import uvicorn_log_config
 
     migrate(settings)  # once, before the workers start (each worker's start-up then finds it done)
 
@@ -54,7 +39,7 @@ def serve_api(settings: Settings, *, host: str | None = None, port: int | None =
         port=port or settings.api.port,
         workers=settings.api.workers,
         **proxy_options(settings),
-        log_config=LOG_CONFIG,
+        log_config=uvicorn_log_config(),
         access_log=False,  # access lines would carry link keys; the app audits what matters
         server_header=False,
         timeout_graceful_shutdown=5,

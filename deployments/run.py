@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from studypub.logs import get_logger
+from studypub.logs import LOG_FORMAT_ENV, get_logger
 from studypub.settings import Settings
 
 log = get_logger("run")
@@ -175,7 +175,7 @@ def start_demo_pacs(settings: Settings, http_port: int) -> tuple[Any, list[Any]]
 
 
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    """``studypub worker`` as a child process (its JSON logs go to this terminal's stderr)."""
+    """``studypub worker`` as a child process (its log lines go to this terminal's stderr)."""
     from studypub.demo.net import port_open
 
     proc = subprocess.Popen(
@@ -294,6 +294,8 @@ def serve_forever(args: Any, settings: Settings) -> int:
     from studypub.db import migrate
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    if settings.log_format == "auto":  # a person at a terminal: readable lines from every child
+        os.environ[LOG_FORMAT_ENV] = "console"
     ports = choose_ports(settings, args)
     settings = apply_ports(settings, ports)
     for note in ports.notes:

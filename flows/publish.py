@@ -258,6 +258,7 @@ def publish_study(task_id: str) -> dict[str, Any]:
                             if wait_for_study(session, settings, task_id, owner=owner):
                                 log.info("Waiting for the study to reach the PACS", extra=details(task_id=task_id))
                                 return _summary(session, settings, task_id)
+                            _log_failed(get_task(session, task_id))  # waited long enough: failed
                         raise
                 run_pipeline(settings, task_id, steps, paths)
             link(task_id, owner)
@@ -267,21 +268,25 @@ def publish_study(task_id: str) -> dict[str, Any]:
             if task.status == TaskStatus.RUNNING and task.lease_owner == owner:
                 signal_abort(paths, "the publication failed")
                 paths.remove_identifiable()
-                task = fail(session, settings, task_id, exc, owner=owner)
-                log.error(
-                    f"Study {task.accession_number} failed",
-                    extra=details(
-                        pid=task.patient_id,
-                        acsn=task.accession_number,
-                        status=task.status,
-                        step=task.step,
-                        task_id=task_id,
-                        error_code=task.error_code,
-                    ),
-                )
+                _log_failed(fail(session, settings, task_id, exc, owner=owner))
         raise
     with sessions() as session:
         return _summary(session, settings, task_id)
+
+
+def _log_failed(task: Any) -> None:
+    """The one line an expected failure gets (Prefect's own lines about it carry no traceback)."""
+    log.error(
+        f"Study {task.accession_number} failed",
+        extra=details(
+            pid=task.patient_id,
+            acsn=task.accession_number,
+            status=task.status,
+            step=task.step,
+            task_id=task.id,
+            error_code=task.error_code,
+        ),
+    )
 
 
 def _summary(session: Any, settings: Settings, task_id: str) -> dict[str, Any]:

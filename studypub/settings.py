@@ -339,6 +339,14 @@ class Settings(BaseSettings):
     min_free_disk_mb: int = Field(
         1024, ge=0, description="Free space required in the work dir beyond three times the study size (MiB)."
     )
+    log_format: Literal["auto", "console", "json"] = Field(
+        "auto",
+        description=(
+            "Logs on stderr: json (the spec's JSON lines), console (readable lines for a person at a terminal), "
+            "or auto (console when stderr is a terminal and in `studypub run`, JSON otherwise). Read from the "
+            "environment when a process starts (studypub.logs), before the other settings."
+        ),
+    )
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     pacs: PacsSettings = Field(default_factory=PacsSettings)

@@ -4,8 +4,10 @@ cache is shared with this machine), ``make run``, the curl it prints, the patien
 Ctrl-C. Nothing of it may be left running or listening afterwards.
 
 Debian's Orthanc or another run may hold the default ports here: the run then takes free ones and prints
-them, which this test follows (it never stops anything it did not start). The times to "running" and to the
-first completed publication are written to tests/artifacts/first-run.json (the README quotes them).
+them, which this test follows (it never stops anything it did not start). The test itself holds the demo
+PACS's default DICOM port 4242, as Debian's Orthanc service would, so that path is always taken. The times
+to "running" and to the first completed publication are written to tests/artifacts/first-run.json (the
+README quotes them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -75,8 +78,6 @@ def _descendants(root: int) -> dict[int, str]:
 
 
 def _listening(port: int) -> bool:
-    import socket
-
     try:
         with socket.create_connection((LOOPBACK, port), timeout=1):
             return True
@@ -154,6 +155,12 @@ def test_make_run_from_a_clean_clone_publishes_the_printed_curl_and_stops_clean(
     if cache := _pip_cache():
         env["PIP_CACHE_DIR"] = cache
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    holder = socket.socket()  # in the way, as Debian's own Orthanc service would be
+    try:
+        holder.bind(("0.0.0.0", 4242))
+        holder.listen()
+    except OSError:  # already taken by something else: the same situation
+        holder.close()
     started = time.monotonic()
     proc = subprocess.Popen(
         ["make", "run"],
@@ -173,6 +180,8 @@ def test_make_run_from_a_clean_clone_publishes_the_printed_curl_and_stops_clean(
         last = out.wait_for("Ctrl-C stops everything.", 30)
         block = "\n".join(out.lines[first : last + 1])
         seen.update(_descendants(proc.pid))
+        assert "port 4242 (demo PACS, DICOM) is taken: using " in block, block
+        assert "ORTHANC@127.0.0.1:4242 " not in block
 
         # The ports it printed: the API's and the Prefect UI's URLs, the PACS, its web page, the Storage SCP.
         ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", block)}
@@ -211,6 +220,8 @@ def test_make_run_from_a_clean_clone_publishes_the_printed_curl_and_stops_clean(
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(120)
         raise
+    finally:
+        holder.close()
 
     # Ctrl-C: SIGINT to the process group, as a terminal sends it.
     os.killpg(proc.pid, signal.SIGINT)

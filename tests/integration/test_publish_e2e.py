@@ -215,11 +215,14 @@ def test_study_not_in_pacs_fails_with_a_reason(
     orthanc_env: dict[str, str], study_factory: Callable[..., GeneratedStudy]
 ) -> None:
     study = study_factory()  # never loaded into the PACS
-    code, result, _ = run_publish(orthanc_env, study)
+    code, result, stderr = run_publish(orthanc_env, study)
     assert code == 1
     assert result["status"] == "FAILED" and result["step"] == "find"
     assert "study not found in PACS" in result["reason"]
     assert result["link"]  # the link was issued with the request and stays the same
+    # An expected failure is said in a line, not a traceback, and not repeated by Prefect's engine.
+    assert "Traceback" not in stderr and "Engine execution exited" not in stderr, stderr[-3000:]
+    assert f"Study {study.accession_number} failed" in stderr
 
 
 def test_patient_id_mismatch_retrieves_nothing(
