@@ -63,6 +63,10 @@ def dashboard(api_server: Any) -> Any:
 def test_sign_in_sessions_and_sign_out(db_url: str, dashboard: Any) -> None:
     api = dashboard(STUDYPUB_DASHBOARD__REGISTRATOR_SESSION_HOURS="0.001")  # 3.6 s
     with Browser(api.base_url) as b:
+        # The bare address leads to the dashboard, then to its sign-in.
+        root = b.get("/")
+        assert root.status_code == 303 and root.headers["location"] == "/dashboard"
+        assert b.get("/dashboard").headers["location"] == "/dashboard/queue"
         page = b.get("/dashboard/queue")
         assert page.status_code == 303 and page.headers["location"].startswith("/dashboard/login?next=")
         assert b.get("/dashboard/api/queue").status_code == 401
@@ -182,6 +186,7 @@ def test_no_built_in_password_in_production() -> None:
 # Every route of the app, by who may use it. A new route fails the test until it is classified here.
 PUBLIC, MIS, USER, EXTEND, ADMIN = "public", "mis", "user", "extend", "admin"
 ACCESS: dict[tuple[str, str], str] = {
+    ("GET", "/"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
