@@ -475,6 +475,40 @@ def save_checkpoint(session: Session, task_id: str, step: Step, data: dict[str, 
     session.commit()
 
 
+def dicom_datetime(settings: Settings, date_text: str | None, time_text: str | None = None) -> datetime | None:
+    """A DICOM DA (YYYYMMDD) and TM (HHMMSS.FFFFFF, any prefix of it) as a time in the clinic's zone (the
+    PACS writes local times); None when the date is missing or not a date."""
+    from zoneinfo import ZoneInfo
+
+    day = (date_text or "").strip()
+    if len(day) != 8 or not day.isdigit():
+        return None
+    clock = "".join(ch for ch in (time_text or "").split(".")[0].strip() if ch.isdigit())[:6]
+    clock = (clock + "000000")[:6] if len(clock) in (2, 4, 6) else "000000"
+    try:
+        naive = datetime.strptime(day + clock, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    return naive.replace(tzinfo=ZoneInfo(settings.links.time_zone))
+
+
+def copy_study_date(
+    session: Session, settings: Settings, task_id: str, date_text: str | None, time_text: str | None
+) -> None:
+    """The PACS's StudyDate (and StudyTime) become the publication's study date when the request gave none
+    (the MIS's date, when it sent one, is kept)."""
+    when = dicom_datetime(settings, date_text, time_text)
+    if when is None:
+        return
+    session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.study_date.is_(None))
+        .values(study_date=when)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
 def drop_checkpoints(session: Session, task_id: str, steps: list[Step]) -> None:
     session.execute(delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step.in_([s.value for s in steps])))
     _refresh_step(session, task_id)

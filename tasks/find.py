@@ -15,7 +15,7 @@ from studypub.i18n import N_
 from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Step
-from studypub.publications import save_checkpoint
+from studypub.publications import copy_study_date, save_checkpoint
 from studypub.settings import Settings
 from tasks.common import TASK_DEFAULTS, retry_if_transient, ride_through, step_context
 
@@ -40,6 +40,7 @@ def find_study(settings: Settings, accession_number: str, patient_id: str) -> di
     return {
         "study_instance_uid": match.study_instance_uid,
         "study_date": match.study_date,
+        "study_time": match.study_time,
         "modalities": match.modalities,
         "instances": instances,
         "series": match.series,
@@ -61,6 +62,8 @@ def find(task_id: str) -> int:
         acsn, pid = ctx.task.accession_number, ctx.task.patient_id
         study = ride_through(ctx, Waiting.PACS, lambda: find_study(ctx.settings, acsn, pid))
         save_checkpoint(ctx.session, task_id, Step.FIND, study)
+        # The MIS may send no date (and the dashboard's form asks for none): the PACS's answer then says it.
+        copy_study_date(ctx.session, ctx.settings, task_id, study.get("study_date"), study.get("study_time"))
         log.info(
             "Study found in PACS",
             extra=details(task_id=task_id, acsn=ctx.task.accession_number, instances=study["instances"]),

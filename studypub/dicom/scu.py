@@ -42,6 +42,7 @@ class StudyMatch:
     instances: int | None
     series: int | None
     sop_classes: list[str] = field(default_factory=list)
+    study_time: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ def find_studies(settings: Settings, accession_number: str) -> list[StudyMatch]:
         "StudyInstanceUID",
         "PatientID",
         "StudyDate",
+        "StudyTime",
         "ModalitiesInStudy",
         "NumberOfStudyRelatedInstances",
         "NumberOfStudyRelatedSeries",
@@ -162,6 +164,7 @@ def find_studies(settings: Settings, accession_number: str) -> list[StudyMatch]:
                     study_instance_uid=study_uid,
                     patient_id=_str(ds, "PatientID") or "",
                     study_date=_str(ds, "StudyDate"),
+                    study_time=_str(ds, "StudyTime"),
                     modalities=[str(m) for m in modalities if m],
                     instances=_int(ds, "NumberOfStudyRelatedInstances"),
                     series=_int(ds, "NumberOfStudyRelatedSeries"),

@@ -364,6 +364,18 @@ def test_cget_to_local_storage_on_sqlite(
     with zipfile.ZipFile(archive) as zf:
         syntaxes = {dcmread(zf.open(n)).file_meta.TransferSyntaxUID.name for n in zf.namelist() if n.startswith("PT")}
     assert syntaxes == {"JPEG-LS Lossless Image Compression", "RLE Lossless"}
+    # The request had no study date (as the dashboard's form has none): the PACS's C-FIND answer gave it.
+    from zoneinfo import ZoneInfo
+
+    from studypub.db import get_sessionmaker
+    from studypub.publications import get_task
+    from studypub.settings import get_settings
+
+    with get_sessionmaker(get_settings())() as session:
+        study_date = get_task(session, result["task_id"]).study_date
+    assert study_date is not None
+    local = study_date.astimezone(ZoneInfo("Europe/Moscow")).strftime("%Y%m%d%H%M%S")
+    assert local == study.spec.study_date + study.spec.study_time
 
 
 def test_cmove_from_dcmqrscp(

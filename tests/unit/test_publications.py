@@ -160,3 +160,26 @@ def test_a_dispatch_problem_is_said_on_the_waiting_request_and_keeps_its_start_t
         with sessions() as session:
             assert get_task(session, task.id).waiting_since == since  # the same wait goes on
         dispatcher.stop()
+
+
+def test_the_pacs_study_date_fills_in_a_missing_one_only(db_url: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    from studypub.publications import copy_study_date, dicom_datetime
+
+    s = get_settings()
+    moscow = ZoneInfo("Europe/Moscow")
+    assert dicom_datetime(s, "20250201", "161802.123") == datetime(2025, 2, 1, 16, 18, 2, tzinfo=moscow)
+    assert dicom_datetime(s, "20250201", "16") == datetime(2025, 2, 1, 16, 0, tzinfo=moscow)
+    assert dicom_datetime(s, "20250201", None) == datetime(2025, 2, 1, tzinfo=moscow)
+    assert dicom_datetime(s, "2025", "1200") is None and dicom_datetime(s, "20251301", None) is None
+    mis_date = datetime(2024, 12, 31, 9, 0, tzinfo=UTC)
+    with get_sessionmaker()() as session:
+        manual, _ = request_publication(session, s, _req("P-NO-DATE", "A-NO-DATE"))  # the dashboard's form
+        from_mis, _ = request_publication(session, s, _req("P-DATE", "A-DATE", study_date=mis_date))
+        copy_study_date(session, s, manual.id, "20250201", "161802")
+        copy_study_date(session, s, from_mis.id, "20250201", "161802")
+        copy_study_date(session, s, manual.id, "", None)  # an answer without a date changes nothing
+        session.expire_all()
+        assert get_task(session, manual.id).study_date == datetime(2025, 2, 1, 13, 18, 2, tzinfo=UTC)
+        assert get_task(session, from_mis.id).study_date == mis_date
