@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
+from typing import Any
 
 from fastapi import FastAPI
 
 import dashboard
 from api import errors
 from api.routes import health, links, publish
+from api.schemas import date_examples
 from studypub.dispatch import Dispatcher
 from studypub.settings import Settings, get_settings
 
@@ -71,5 +74,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(links.router)
     dashboard.install(app, settings)
     app.include_router(health.router)
+    _dated_openapi(app, settings)
 
     return app
+
+
+def _dated_openapi(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document, made once a day: its examples' storage dates are ahead of today, so the
+    documented example can be sent as it is (``api.schemas.date_examples``)."""
+    made_on: list[date] = []
+
+    def openapi() -> dict[str, Any]:
+        today = date.today()
+        if app.openapi_schema is None or made_on != [today]:
+            app.openapi_schema = None
+            schema = FastAPI.openapi(app)  # stores it in app.openapi_schema
+            date_examples(schema, settings.links.max_retention_days, settings.links.default_retention_days)
+            made_on[:] = [today]
+            return schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -22,7 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studypub.errors import StudyPubError
+from api.jsonbody import DECLARED_CONTENT_TYPE
+from studypub.errors import StudyPubError, ValidationError
+from studypub.i18n import N_
 from studypub.logs import details, get_logger
 
 log = get_logger("api")
@@ -81,34 +83,78 @@ def _field(loc: tuple[Any, ...], kind: str | None = None) -> str:
     return ".".join(parts) or "body"
 
 
+# Messages of a field's validation error, by pydantic's error type: plain words (pydantic's own phrasing,
+# "Input should be a valid string", is never shown). The field's name comes before them ("patient_id: ...").
+_CONTENT_TYPE_HINT = N_(
+    "the body is not valid JSON (send a JSON object, with the header Content-Type: application/json)"
+)
+_MESSAGES: dict[str, str] = {
+    "json_invalid": N_("the body is not valid JSON"),
+    "model_attributes_type": N_("the body must be a JSON object"),
+    "dict_type": N_("the body must be a JSON object"),
+    "model_type": N_("the body must be a JSON object"),
+    "missing": N_("is required"),
+    "extra_forbidden": N_("is not a field of this request"),
+    "string_type": N_("must be a text string (in double quotes)"),
+    "string_too_short": N_("must not be empty"),
+    "string_pattern_mismatch": N_(
+        "contains characters that are not allowed (control characters; in identifiers also \\ * ?)"
+    ),
+    "timezone_aware": N_("needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)"),
+    "datetime_type": N_("must be an ISO 8601 date-time string with a UTC offset, e.g. 2025-03-01T00:00:00+03:00"),
+    "datetime_parsing": N_("must be an ISO 8601 date-time string with a UTC offset, e.g. 2025-03-01T00:00:00+03:00"),
+    "datetime_from_date_parsing": N_(
+        "must be an ISO 8601 date-time string with a UTC offset, e.g. 2025-03-01T00:00:00+03:00"
+    ),
+    "datetime_object_invalid": N_("is not a valid date-time"),
+    "uuid_parsing": N_("is not a task id (a UUID)"),
+    "uuid_type": N_("is not a task id (a UUID)"),
+}
+
+
 def _message(err: dict[str, Any]) -> str:
-    kind = err.get("type", "")
-    if kind == "json_invalid":
-        return "the body is not valid JSON"
-    if kind == "model_attributes_type" or kind == "dict_type":
-        return "the body must be a JSON object"
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "is not a field of this request"
-    if kind == "timezone_aware":
-        return "needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)"
-    if kind == "string_pattern_mismatch":
-        return "contains characters that are not allowed (control characters; in identifiers also \\ * ?)"
-    if kind == "uuid_parsing" or kind == "uuid_type":
-        return "is not a task id (a UUID)"
-    return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    kind = str(err.get("type", ""))
+    if kind == "string_too_long":
+        limit = (err.get("ctx") or {}).get("max_length")
+        return N_("must be at most %(count)s characters long", count=limit) if limit else N_("is too long")
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    if kind == "value_error":  # our own validators' messages (api/schemas.py), already in plain words
+        return str(err.get("msg", "")).removeprefix("Value error, ") or N_("is not valid")
+    return N_("is not valid")
+
+
+def _required_fields(request: Request) -> list[str]:
+    """The required fields of the route's JSON body (for an empty body), in the model's order."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    fields = getattr(model, "model_fields", None) or {}
+    return [name for name, info in fields.items() if info.is_required()]
 
 
 async def _validation(request: Request, exc: RequestValidationError) -> Response:
-    errors = [
-        {
-            "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
-            "message": _message(e),
-        }
-        for e in exc.errors()
-    ]
-    first = errors[0] if errors else {"field": "body", "message": "is invalid"}
+    raw = list(exc.errors())
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in raw):
+        # No body at all: say which fields are expected.
+        required = _required_fields(request)
+        errors = [{"field": name, "message": N_("is required")} for name in required]
+        detail = (
+            N_("the body is empty: a JSON object with %(fields)s is expected", fields=", ".join(required))
+            if required
+            else N_("the body is empty: a JSON object is expected")
+        )
+        return _answer(request, 422, "invalid_request", detail, errors or None)
+    declared = request.scope.get(DECLARED_CONTENT_TYPE)
+    errors = []
+    for e in raw:
+        kind = e.get("type")
+        if kind == "json_invalid":
+            message = _CONTENT_TYPE_HINT if declared else _message(e)
+            errors.append({"field": "body", "message": message})
+        else:
+            errors.append({"field": _field(tuple(e.get("loc", ()))), "message": _message(e)})
+    first = errors[0] if errors else {"field": "body", "message": N_("is not valid")}
+    # "field: message" (not a catalog message of its own: it would read like the catalogs' "step: reason")
     detail = first["message"] if first["field"] == "body" else f"{first['field']}: {first['message']}"
     return _answer(request, 422, "invalid_request", detail, errors)
 
@@ -119,7 +165,9 @@ async def _studypub(request: Request, exc: StudyPubError) -> Response:
         log.error("Request failed", extra=details(error_code=exc.code))
         return _answer(request, 500, exc.code, "internal error")
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return _answer(request, status, exc.code, exc.reason, headers=headers)
+    field = getattr(exc, "field", None)
+    errors = [{"field": field, "message": exc.reason}] if isinstance(exc, ValidationError) and field else None
+    return _answer(request, status, exc.code, exc.reason, errors, headers=headers)
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> Response:

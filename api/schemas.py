@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
@@ -48,8 +48,34 @@ SPEC_EXAMPLE: dict[str, Any] = {
     "service_code": "A01.201.405.002",
     "service_title": "МРТ суставов",
     "study_date": "2025-02-01T16:18:02+03:00",
-    "save_till_date": "2025-03-01T00:00:00+03:00",
+    "save_till_date": "2025-03-01T00:00:00+03:00",  # the spec's; the served OpenAPI document has one ahead of today
 }
+
+
+def example_dates(max_days: int, default_days: int, now: datetime | None = None) -> tuple[str, str]:
+    """(save_till_date, a later one for an extension) for the examples: a storage period starting now (Moscow
+    time, as the MIS writes it), within the settings' limits, so the documented example never gets a 422."""
+    moscow = timezone(timedelta(hours=3))
+    today = (now or datetime.now(UTC)).astimezone(moscow).date()
+    till = today + timedelta(days=max(1, min(default_days, max_days)))
+    later = today + timedelta(days=max(1, min(default_days * 2, max_days)))
+    return f"{till.isoformat()}T00:00:00+03:00", f"{later.isoformat()}T00:00:00+03:00"
+
+
+def date_examples(schema: dict[str, Any], max_days: int, default_days: int) -> dict[str, Any]:
+    """The OpenAPI document with its examples' storage dates set from today (see :func:`example_dates`)."""
+    till, later = example_dates(max_days, default_days)
+    components = schema.get("components", {}).get("schemas", {})
+    publish_example = dict(SPEC_EXAMPLE, save_till_date=till)
+    if "PublishRequest" in components:
+        components["PublishRequest"]["examples"] = [publish_example]
+    if "ExtendRequest" in components:
+        components["ExtendRequest"]["examples"] = [{"save_till_date": later}]
+    post = schema.get("paths", {}).get("/publish", {}).get("post", {})
+    content = post.get("requestBody", {}).get("content", {}).get("application/json")
+    if content is not None:
+        content["example"] = publish_example
+    return schema
 
 
 class PublishRequest(BaseModel):

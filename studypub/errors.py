@@ -25,8 +25,14 @@ class ConfigurationError(StudyPubError):
 
 
 class ValidationError(StudyPubError):
+    """Bad input. ``field`` names the field at fault, when there is one (the API lists it in ``errors``)."""
+
     http_status = 422
     code = "invalid_request"
+
+    def __init__(self, reason: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(reason, code=code)
+        self.field = field
 
 
 class NotFound(StudyPubError):

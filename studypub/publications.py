@@ -78,12 +78,19 @@ def identifier_problem(value: str) -> str | None:
 def _validate_identifier(name: str, value: str) -> str:
     problem = identifier_problem(value)
     if problem == "required":
-        raise ValidationError(N_("%(field)s is required", field=name))
+        raise ValidationError(N_("%(field)s is required", field=name), field=name)
     if problem == "too_long":
-        raise ValidationError(N_("%(field)s is longer than %(max)s characters", field=name, max=MAX_IDENTIFIER_LENGTH))
+        raise ValidationError(
+            N_("%(field)s is longer than %(max)s characters", field=name, max=MAX_IDENTIFIER_LENGTH), field=name
+        )
     if problem:
-        raise ValidationError(N_("%(field)s contains characters that DICOM queries cannot carry", field=name))
+        raise ValidationError(
+            N_("%(field)s contains characters that DICOM queries cannot carry", field=name), field=name
+        )
     return value.strip()
+
+
+SAVE_TILL = "save_till_date"  # the field of the MIS's request
 
 
 def resolve_save_till(settings: Settings, save_till: datetime | None, *, now: datetime | None = None) -> datetime:
@@ -91,15 +98,18 @@ def resolve_save_till(settings: Settings, save_till: datetime | None, *, now: da
     if save_till is None:
         return now + timedelta(days=settings.links.default_retention_days)
     if save_till.tzinfo is None:
-        raise ValidationError(N_("save_till_date needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)"))
+        raise ValidationError(
+            N_("save_till_date needs a UTC offset (ISO 8601, e.g. 2025-03-01T00:00:00+03:00)"), field=SAVE_TILL
+        )
     if save_till <= now:
-        raise ValidationError(N_("save_till_date is in the past"))
+        raise ValidationError(N_("save_till_date is in the past"), field=SAVE_TILL)
     if save_till > now + timedelta(days=settings.links.max_retention_days):
         raise ValidationError(
             N_(
                 "save_till_date is beyond the maximum retention of %(days)s days",
                 days=settings.links.max_retention_days,
-            )
+            ),
+            field=SAVE_TILL,
         )
     return save_till
 
@@ -676,7 +686,8 @@ def extend(session: Session, settings: Settings, task_id: str, save_till: dateti
     old = task.save_till
     if new <= old:
         raise ValidationError(
-            N_("save_till_date must be later than the current one (%(current)s)", current=old.isoformat())
+            N_("save_till_date must be later than the current one (%(current)s)", current=old.isoformat()),
+            field=SAVE_TILL,
         )
     result = session.execute(
         update(Task)

@@ -11,6 +11,7 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response, status
 
 from api.deps import MisClient, SessionDep, SettingsDep
+from api.jsonbody import JsonBodyRoute
 from api.schemas import SPEC_EXAMPLE, Error, ExtendRequest, Publication, PublishRequest
 from studypub.apikeys import Caller
 from studypub.errors import Forbidden, NotFound
@@ -25,7 +26,7 @@ from studypub.publications import (
 )
 from studypub.settings import Settings
 
-router = APIRouter(prefix="/publish", tags=["publications"])
+router = APIRouter(prefix="/publish", tags=["publications"], route_class=JsonBodyRoute)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "No API key, or a wrong or revoked one."},

@@ -147,6 +147,47 @@ BAD_PAYLOADS: list[tuple[str, Any, str]] = [
 ]
 
 
+RAW_PHRASING = ("Input should", "Value error", "validation error", "Field required", "String should")
+
+
+def test_4xx_messages_say_what_is_expected(mis: httpx.Client) -> None:
+    """The messages of issue 12: the content type, an empty body, a value of the wrong kind, save_till_date."""
+    body = json.dumps(BODY).encode()
+    # A valid JSON object is read as JSON whatever the Content-Type says (curl -d sends a form's type).
+    assert mis.post("/publish", content=body, headers={"Content-Type": ""}).status_code == 202
+    r = mis.post(
+        "/publish",
+        content=json.dumps(dict(BODY, accession_number="CT-FORM")).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 202, r.text
+    r = mis.post("/publish", content=b"patient_id=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422 and "Content-Type: application/json" in r.json()["detail"], r.text
+    # An empty body names the fields it needs.
+    r = mis.post("/publish", content=b"", headers={"Content-Type": "application/json"})
+    answer = r.json()
+    assert r.status_code == 422 and "patient_id, accession_number, clinic_code" in answer["detail"], answer
+    assert [e["field"] for e in answer["errors"]] == ["patient_id", "accession_number", "clinic_code"]
+    # A value of the wrong kind: the field and what is expected.
+    r = mis.post("/publish", json=dict(BODY, patient_id=1000001158664))
+    assert r.json()["detail"] == "patient_id: must be a text string (in double quotes)", r.text
+    r = mis.post("/publish", json=dict(BODY, accession_number="K" * 65))
+    assert r.json()["detail"] == "accession_number: must be at most 64 characters long", r.text
+    assert not any(raw in r.text for raw in RAW_PHRASING)
+    # save_till_date's answers carry the errors array the README shows.
+    r = mis.post("/publish", json=dict(BODY, accession_number="PAST", save_till_date=iso(-1)))
+    assert r.status_code == 422 and r.json() == {
+        "code": "invalid_request",
+        "detail": "save_till_date is in the past",
+        "errors": [{"field": "save_till_date", "message": "save_till_date is in the past"}],
+    }
+    task = mis.post("/publish", json=dict(BODY, accession_number="EXT")).json()
+    r = mis.post(f"/publish/{task['task_id']}/extend", json={"save_till_date": iso(1)})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "save_till_date", r.text
+    r = mis.post(f"/publish/{task['task_id']}/extend", content=b"")
+    assert r.status_code == 422 and r.json()["errors"] == [{"field": "save_till_date", "message": "is required"}]
+
+
 def test_bad_payloads_get_422_with_a_reason(mis: httpx.Client) -> None:
     for name, payload, mention in BAD_PAYLOADS:
         r = mis.post("/publish", json=payload)
@@ -154,6 +195,9 @@ def test_bad_payloads_get_422_with_a_reason(mis: httpx.Client) -> None:
         body = r.json()
         assert body["code"] == "invalid_request" and mention in r.text, (name, body)
         assert "Ivanov" not in r.text  # values are not echoed back
+        # The field is named, in the detail and in "errors", in plain words (never pydantic's own phrasing).
+        assert body["errors"] and body["errors"][0]["field"] in body["detail"], (name, body)
+        assert not any(raw in r.text for raw in RAW_PHRASING), (name, body)
     # Not JSON at all, wrong content type, too large: still 4xx with a reason, never 500.
     r = mis.post("/publish", content=b'{"patient_id": "1",', headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"] == "the body is not valid JSON"
@@ -389,6 +433,13 @@ def test_openapi_documents_the_spec_example_and_every_answer(mis: httpx.Client) 
     assert "/publish/{task_id}" in schema["paths"] and "/publish/{task_id}/extend" in schema["paths"]
     assert not any(p.startswith("/s/") for p in schema["paths"])  # the patient's pages are not API
     assert mis.get("/docs").status_code == 200
+    # The documented examples work as they are, whatever the day (their storage dates are ahead of today).
+    r = mis.post("/publish", json=example)
+    assert r.status_code == 202, r.text
+    assert set(schema["components"]["schemas"]["PublishRequest"]["examples"][0]) == set(example)
+    extension = schema["components"]["schemas"]["ExtendRequest"]["examples"][0]
+    r = mis.post(f"/publish/{r.json()['task_id']}/extend", json=extension)
+    assert r.status_code == 200, r.text
 
 
 def test_a_run_cancelled_before_it_started_fails_the_publication_visibly(
