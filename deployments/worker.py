@@ -12,6 +12,7 @@ while the API is down. It runs at most ``runs.max_concurrent`` publications at o
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 from studypub.logs import get_logger
@@ -63,6 +64,9 @@ def prepare_storage(settings: Settings) -> None:
 def serve_publications(settings: Settings, *, limit: int | None = None) -> None:
     # Prefect reads its settings at import: the environment must be complete before the import below.
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
+    # Prefect's runner, stopped by SIGTERM, leaves a coroutine un-awaited on its way out (harmless; it exits):
+    # its warning is noise at the end of every Ctrl-C of `studypub run`.
+    warnings.filterwarnings("ignore", message="coroutine 'Runner.astop' was never awaited", category=RuntimeWarning)
     from prefect import serve
 
     from studypub.db import get_sessionmaker, migrate

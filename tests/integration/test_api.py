@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -181,6 +182,8 @@ def test_4xx_messages_say_what_is_expected(mis: httpx.Client) -> None:
         "detail": "save_till_date is in the past",
         "errors": [{"field": "save_till_date", "message": "save_till_date is in the past"}],
     }
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"`{json.dumps(r.json(), ensure_ascii=False)}`" in readme  # the answer the README shows
     task = mis.post("/publish", json=dict(BODY, accession_number="EXT")).json()
     r = mis.post(f"/publish/{task['task_id']}/extend", json={"save_till_date": iso(1)})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "save_till_date", r.text
