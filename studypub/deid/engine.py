@@ -45,6 +45,15 @@ from pydicom.uid import (
 )
 
 from studypub.deid import codec, pixels
+from studypub.deid.codes import (
+    CODE_MEANING,
+    CODE_VALUE,
+    CODING_SCHEME_DESIGNATOR,
+    LONG_CODE_VALUE,
+    dictionary_meaning,
+    is_public_scheme,
+    matches_dictionary,
+)
 from studypub.deid.errors import BurnedInPolicyError, DeidError, DeidVerificationError, UnreadableDicomError
 from studypub.deid.pixels import pixel_data_reason
 from studypub.deid.profile import (
@@ -187,6 +196,28 @@ _MIN_MARKER = 4
 _MIN_NUMERIC_MARKER = 8
 _NUMERIC_CHARS = frozenset("0123456789.:+- ")
 _IGNORE = pydicom_config.IGNORE
+# Rounds of cleaning a kept value that contains a removed one (each round re-verifies the whole output).
+_CLEAN_ROUNDS = 3
+IDENTITY_IN_REQUIRED_VALUE = "identity_in_required_value"
+# Kept code strings whose values the standard enumerates: a dummy there would make the object invalid, so
+# an instance with a removed identity value inside one of them is withheld instead of cleaned. ImageType's
+# first two values are enumerated (ORIGINAL/DERIVED, PRIMARY/SECONDARY); the others are defined terms.
+ENUMERATED_VALUES: dict[int, int] = {  # tag -> how many leading values are enumerated (0: all)
+    0x00080008: 2,  # Image Type
+    0x00080060: 0,  # Modality
+    0x00280004: 0,  # Photometric Interpretation
+    0x0040A040: 0,  # Value Type
+    0x0040A010: 0,  # Relationship Type
+    0x0040A050: 0,  # Continuity Of Content
+    0x0040A491: 0,  # Completion Flag
+    0x0040A493: 0,  # Verification Flag
+    0x00280301: 0,  # Burned In Annotation
+    0x00282110: 0,  # Lossy Image Compression
+    0x00080068: 0,  # Presentation Intent Type
+    0x00100040: 0,  # Patient's Sex
+    0x00189004: 0,  # Content Qualification
+    0x00200020: 0,  # Patient Orientation
+}
 
 
 def is_well_known_uid(uid: str) -> bool:
@@ -283,6 +314,19 @@ class VerificationContext:
     strict: frozenset[str] = frozenset()  # person-name components and identifiers: never excused as vocabulary
 
 
+class _KeptValueLeak(DeidVerificationError):
+    """A removed value of the source occurs inside a value the profile keeps. Carries where (paths of
+    (sequence tag, item index) and the tag) and which removed values, for the anonymiser to clean those
+    values; its reason names the first tag only (no value)."""
+
+    def __init__(
+        self, reason: str, *, locations: list[tuple[tuple[tuple[int, int], ...], int]], found: list[str]
+    ) -> None:
+        super().__init__(reason, code="deid_leak")
+        self.locations = locations
+        self.found = found
+
+
 @dataclass
 class _FileState:
     original_uids: set[str] = field(default_factory=set)
@@ -327,6 +371,15 @@ def _first(ds: Dataset, tag: int) -> str:
     if not isinstance(value, str | bytes) and hasattr(value, "__iter__"):
         value = next(iter(value), "")
     return str(value).strip("\x00 ")
+
+
+def _code_value(ds: Dataset) -> str:
+    return _first(ds, CODE_VALUE) or _first(ds, LONG_CODE_VALUE)
+
+
+def _local_code(ds: Dataset) -> bool:
+    """A coded entry whose scheme is local or unknown: its values are free text."""
+    return not is_public_scheme(_first(ds, CODING_SCHEME_DESIGNATOR))
 
 
 def _first_int(ds: Dataset, tag: int) -> int | None:
@@ -408,13 +461,6 @@ class StudyAnonymiser:
         self._clean(ds, st, 0, encodings)
         self._stamp(ds, st)
         new_instance = _first(ds, 0x00080018)
-        try:
-            chunks = self._encode(ds, sop_class, new_instance, ts, encodings)
-        except Exception as exc:  # a value pydicom cannot encode: no output (reason names no value)
-            raise DeidError(
-                f"cannot encode the de-identified dataset ({type(exc).__name__})", code="deid_encode"
-            ) from None
-
         context = VerificationContext(
             original_uids=frozenset(st.original_uids - st.kept_uids),
             new_uids=frozenset(st.new_uids),
@@ -423,17 +469,70 @@ class StudyAnonymiser:
             strict=frozenset(st.strict),
         )
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-            _Verifier(self._decide, self.options, context).run(tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        for attempt in range(_CLEAN_ROUNDS):
+            try:
+                chunks = self._encode(ds, sop_class, new_instance, ts, encodings)
+            except Exception as exc:  # a value pydicom cannot encode: no output (reason names no value)
+                raise DeidError(
+                    f"cannot encode the de-identified dataset ({type(exc).__name__})", code="deid_encode"
+                ) from None
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            try:
+                with open(tmp, "wb") as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                _Verifier(self._decide, self.options, context).run(tmp)
+                os.replace(tmp, dst)
+                break
+            except _KeptValueLeak as leak:
+                tmp.unlink(missing_ok=True)
+                if attempt == _CLEAN_ROUNDS - 1:
+                    raise DeidVerificationError(leak.reason, code=leak.code) from None
+                withheld = self._clean_values(ds, leak.locations, leak.found, encodings)
+                if withheld is not None:
+                    return self._outcome(ds, sop_class, new_instance, ts, 0, withheld=withheld, replaced=True)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         return self._outcome(ds, sop_class, new_instance, ts, sum(len(c) for c in chunks), withheld=None)
+
+    def _clean_values(
+        self,
+        ds: Dataset,
+        locations: list[tuple[tuple[tuple[int, int], ...], int]],
+        found: list[str],
+        encodings: list[str],
+    ) -> str | None:
+        """Replace every kept value (or value of a multi-valued attribute) that contains a removed value of
+        the source with the dummy of its VR, which keeps the object valid; a public code's meaning becomes
+        the dictionary's meaning. Returns a withheld reason when no valid cleaning exists (an enumerated
+        value), else None."""
+        for path, tag in locations:
+            item, enc = ds, codec.encodings_of(ds, encodings)
+            for seq_tag, index in path:
+                item = item[seq_tag].value[index]
+                enc = codec.encodings_of(item, enc)
+            elem = item.get_item(tag)
+            if elem is None:
+                continue
+            vr = self._decide(tag).vr or str(item[tag].VR)
+            values = codec.text_values(elem, vr, enc)
+            if tag == CODE_MEANING:
+                meaning = dictionary_meaning(_first(item, CODING_SCHEME_DESIGNATOR), _code_value(item))
+                if meaning is not None and not any(m in meaning.casefold() for m in found):
+                    item[tag] = _elem(tag, vr, meaning)
+                    continue
+            enumerated = ENUMERATED_VALUES.get(tag)
+            out: list[str] = []
+            for i, value in enumerate(values):
+                if any(m in value.casefold() for m in found):
+                    if enumerated is not None and (enumerated == 0 or i < enumerated):
+                        return IDENTITY_IN_REQUIRED_VALUE
+                    out.append(str(DUMMY_BY_VR.get(vr, DUMMY_TEXT)))
+                else:
+                    out.append(value)
+            item[tag] = _elem(tag, vr, out[0] if len(out) == 1 else out)
+        return None
 
     # -- the walk
     def _clean(self, ds: Dataset, st: _FileState, scope: int, encodings: list[str]) -> None:
@@ -473,7 +572,11 @@ class StudyAnonymiser:
                 if d.vr in DATE_VRS:
                     st.dates_changed = True
                 ds[tag] = self._raw(tag, d.vr, _encoded(d.vr, self._dummy_value(ds, tag, d.vr)), st)
-            elif (kind == KEEP_TEXT and scope & _SCOPE_DUMMY) or (kind == KEEP_CODE and scope & _SCOPE_IDENTITY):
+            elif (
+                (kind == KEEP_TEXT and scope & _SCOPE_DUMMY)
+                or (kind == KEEP_CODE and scope & _SCOPE_IDENTITY)
+                or (kind == KEEP_CODE and scope & _SCOPE_DUMMY and _local_code(ds))
+            ):
                 elem = ds.get_item(tag)
                 if elem is not None and elem.value:
                     identity = bool(scope & _SCOPE_IDENTITY)
@@ -621,13 +724,24 @@ class StudyAnonymiser:
         return [buf.getvalue()]
 
     def _outcome(
-        self, ds: Dataset, sop_class: str, sop_instance: str, ts: str, size: int, *, withheld: str | None
+        self,
+        ds: Dataset,
+        sop_class: str,
+        sop_instance: str,
+        ts: str,
+        size: int,
+        *,
+        withheld: str | None,
+        replaced: bool = False,
     ) -> InstanceOutcome:
+        """`replaced`: the dataset's UIDs are already the new ones (else a withheld source's are mapped)."""
+
         def uid_of(tag: int) -> str | None:
             value = _first(ds, tag)
             if not value:
                 return None
-            return value if withheld is None or is_well_known_uid(value) else self.new_uid(value)
+            keep = withheld is None or replaced or is_well_known_uid(value)
+            return value if keep else self.new_uid(value)
 
         return InstanceOutcome(
             withheld=withheld is not None,
@@ -680,8 +794,10 @@ class _Verifier:
         self._options = options
         self._ctx = context
         self._collect = bool(context and (context.markers or context.descriptors))
-        self._texts: list[tuple[int, str]] = []  # (tag, casefolded text) of every text value kept
-        self._vocab: list[str] = []  # kept controlled-vocabulary values (CS, coded entries)
+        # (path of (sequence tag, item index), tag, casefolded text) of every text value kept
+        self._texts: list[tuple[tuple[tuple[int, int], ...], int, str]] = []
+        self._vocab: list[str] = []  # kept controlled-vocabulary values (CS)
+        self._codes: list[tuple[str, str, int, str]] = []  # (scheme, code value, tag, text) of public codes
 
     @staticmethod
     def _fail(tag: int | None, problem: str, code: str = "deid_verification_failed") -> None:
@@ -818,18 +934,24 @@ class _Verifier:
         value = ds[tag].value
         return value is not None and not isinstance(value, list | tuple) and float(value) == 0
 
-    def _walk(self, ds: Dataset, scope: int, encodings: list[str]) -> None:
+    def _walk(self, ds: Dataset, scope: int, encodings: list[str], path: tuple[tuple[int, int], ...] = ()) -> None:
         decide = self._decide
         collect = self._collect
         if 0x00080005 in ds:
             encodings = codec.encodings_of(ds, encodings)
+        local: bool | None = None  # whether this item is a coded entry of a local/unknown scheme (lazy)
         for tag in list(ds.keys()):
             d = decide(tag)
             kind, vr = d.kind, d.vr
+            if kind == KEEP_CODE:
+                if local is None:
+                    local = _local_code(ds)
+                if local:
+                    kind = KEEP_TEXT  # a local code is free text: never vocabulary, dummy inside D sequences
             if kind == KEEP:
                 if collect and vr in TEXT_VRS:
                     texts = [t.casefold() for t in self._texts_of(ds, tag, vr, encodings)]
-                    self._texts.extend((tag, t) for t in texts)
+                    self._texts.extend((path, tag, t) for t in texts)
                     if vr == "CS":
                         self._vocab.extend(texts)
             elif kind == REMOVE:
@@ -842,8 +964,9 @@ class _Verifier:
                 elem = ds[tag]
                 if elem.VR != "SQ":
                     self._fail(tag, "sequence attribute is not a sequence")
-                for item in elem.value:
-                    self._walk(item, _sub_scope(scope, kind), encodings)
+                sub = _sub_scope(scope, kind)
+                for index, item in enumerate(elem.value):
+                    self._walk(item, sub, encodings, (*path, (tag, index)))
             elif kind == EMPTY:
                 elem = ds.get_item(tag)
                 if elem is not None and (elem.value if vr != "SQ" else len(ds[tag].value)):
@@ -857,30 +980,48 @@ class _Verifier:
                     self._fail(tag, "free text inside a D sequence is not the dummy", code="deid_leak")
             elif collect:  # KEEP_TEXT / KEEP_CODE outside a dummy scope
                 texts = [t.casefold() for t in self._texts_of(ds, tag, vr, encodings)]
-                self._texts.extend((tag, t) for t in texts)
+                self._texts.extend((path, tag, t) for t in texts)
                 if kind == KEEP_CODE:
-                    self._vocab.extend(texts)
+                    scheme, value = _first(ds, CODING_SCHEME_DESIGNATOR), _code_value(ds)
+                    self._codes.extend((scheme, value, tag, t) for t in texts)
+
+    def _code_vocabulary(self, markers: frozenset[str]) -> list[str]:
+        """Kept values of public coded entries that are vocabulary: designators and code values, and meanings
+        that contain no removed value or that are the meaning pydicom's dictionary gives the code."""
+        meanings = "\x00".join(t for _s, _v, tag, t in self._codes if tag == CODE_MEANING)
+        present = [m for m in markers if m in meanings]
+        out = []
+        for scheme, value, tag, t in self._codes:
+            if tag == CODE_MEANING and any(m in t for m in present) and not matches_dictionary(scheme, value, t):
+                continue
+            out.append(t)
+        return out
 
     def _scan(self, header: bytes, ds: Dataset) -> None:
         ctx = self._ctx
         if ctx is None:
             return
         # A removed value found inside a kept controlled-vocabulary value (a CS such as BodyPartExamined, or a
-        # coded entry such as ProcedureCodeSequence's CodeMeaning) is vocabulary, not identity: e.g. a removed
-        # StudyDescription "CT HEAD" next to a kept CodeMeaning "CT Head". A removed descriptor equal to a
-        # whole kept value is vocabulary too (StudyDescription "Brain", PositionReferenceIndicator "Brain");
-        # identity markers (names, IDs, dates, addresses, institutions) are never excused that way.
-        vocab = "\x00".join(self._vocab)
-        whole_values = {t for _tag, t in self._texts}
+        # public coded entry such as ProcedureCodeSequence's SCT code whose meaning is the dictionary's) is
+        # vocabulary, not identity: e.g. a removed StudyDescription "CT HEAD" next to a kept CodeMeaning
+        # "CT Head". A removed descriptor equal to a whole kept value is vocabulary too (StudyDescription
+        # "Brain", PositionReferenceIndicator "Brain"); identity markers (names, IDs, dates, addresses,
+        # institutions) are never excused that way, and codes of local schemes are never vocabulary.
+        vocab = "\x00".join([*self._vocab, *self._code_vocabulary(ctx.markers | ctx.descriptors)])
+        whole_values = {t for _path, _tag, t in self._texts}
         # Person names and identifiers are never excused: a name inside a kept code string is still a name.
         markers = [m for m in ctx.markers if m not in vocab or m in ctx.strict]
         markers += [m for m in ctx.descriptors if m not in vocab and m not in whole_values]
         if markers:
-            haystack = "\x00".join(t for _tag, t in self._texts)
-            for m in markers:
-                if m in haystack:
-                    tag = next(tag for tag, t in self._texts if m in t)
-                    self._fail(tag, "a removed value of the source occurs in the output", code="deid_leak")
+            haystack = "\x00".join(t for _path, _tag, t in self._texts)
+            found = [m for m in markers if m in haystack]
+            if found:
+                locations = [(path, tag) for path, tag, t in self._texts if any(m in t for m in found)]
+                raise _KeptValueLeak(
+                    _tag_text(locations[0][1]) + ": a removed value of the source occurs in the output",
+                    locations=locations,
+                    found=found,
+                )
         lowered = header.lower()
         encodings = ["ascii", "utf-8", *codec.encodings_of(ds)]
         for m in markers:

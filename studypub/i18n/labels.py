@@ -131,6 +131,7 @@ WITHHELD = Labels(
         "pixel_data_missing_frames": pN_("withheld", "damaged image data"),
         "pixel_data_malformed": pN_("withheld", "damaged image data"),
         "pixel_data_undescribed": pN_("withheld", "damaged image data"),
+        "identity_in_required_value": pN_("withheld", "personal data inside a technical value the image needs"),
         "withheld": pN_("withheld", "the image may show personal data"),
     },
 )
