@@ -22,6 +22,7 @@ import os
 import secrets
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -75,6 +76,7 @@ from studypub.deid.profile import (
     Decision,
     DeidOptions,
     Profile,
+    iod_types,
 )
 
 __all__ = [
@@ -341,21 +343,45 @@ class _FileState:
 
 
 class _Decider:
-    """Per-tag decision cache for one (profile, options); owned by one anonymiser/verifier."""
+    """Per-tag decision cache for one (profile, options, IOD types at one depth); owned by one
+    anonymiser/verifier."""
 
-    __slots__ = ("_cache", "_options", "_profile")
+    __slots__ = ("_cache", "_options", "_profile", "_types")
 
-    def __init__(self, profile: Profile, options: DeidOptions) -> None:
+    def __init__(self, profile: Profile, options: DeidOptions, types: Mapping[int, str] | None = None) -> None:
         self._profile = profile
         self._options = options
+        self._types = types
         self._cache: dict[int, Decision] = {}
 
     def __call__(self, tag: int) -> Decision:
         key = int(tag)  # a plain int key: BaseTag's Python-level __eq__ would slow every lookup
         d = self._cache.get(key)
         if d is None:
-            d = self._cache[key] = self._profile.decide(key, self._options)
+            d = self._cache[key] = self._profile.decide(key, self._options, self._types)
         return d
+
+
+class _Deciders:
+    """The (top-level, nested) deciders of each SOP class: combined actions follow the IOD's types."""
+
+    __slots__ = ("_by_class", "_options", "_profile")
+
+    def __init__(self, profile: Profile, options: DeidOptions) -> None:
+        self._profile = profile
+        self._options = options
+        self._by_class: dict[str, tuple[_Decider, _Decider]] = {}
+
+    def __call__(self, sop_class: str) -> tuple[_Decider, _Decider]:
+        pair = self._by_class.get(sop_class)
+        if pair is None:
+            types = iod_types().for_sop_class(sop_class)
+            top, nested = types if types is not None else (None, None)
+            pair = self._by_class[sop_class] = (
+                _Decider(self._profile, self._options, top),
+                _Decider(self._profile, self._options, nested),
+            )
+        return pair
 
 
 def _first(ds: Dataset, tag: int) -> str:
@@ -416,7 +442,9 @@ class StudyAnonymiser:
         self._key = bytes(uid_key)
         self.options = options or DeidOptions()
         self.profile = profile or Profile.load()
-        self._decide = _Decider(self.profile, self.options)
+        self._deciders = _Deciders(self.profile, self.options)
+        # the current file's deciders (top level, inside sequences), set per file by anonymise_file
+        self._decide, self._decide_nested = self._deciders("")
         self._uids: dict[str, str] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -452,6 +480,7 @@ class StudyAnonymiser:
                 raise BurnedInPolicyError(f"instance may show identity: {reason}", code=reason)
             return self._outcome(ds, sop_class, self.new_uid(sop_instance), ts, 0, withheld=reason)
 
+        self._decide, self._decide_nested = self._deciders(sop_class)
         implicit, little = ds.original_encoding
         st = _FileState(implicit=bool(implicit), little=little is not False)
         media_instance = _first(meta, 0x00020003)
@@ -481,7 +510,7 @@ class StudyAnonymiser:
                 with open(tmp, "wb") as fh:
                     for chunk in chunks:
                         fh.write(chunk)
-                _Verifier(self._decide, self.options, context).run(tmp)
+                _Verifier(self._deciders, self.options, context).run(tmp)
                 os.replace(tmp, dst)
                 break
             except _KeptValueLeak as leak:
@@ -535,8 +564,8 @@ class StudyAnonymiser:
         return None
 
     # -- the walk
-    def _clean(self, ds: Dataset, st: _FileState, scope: int, encodings: list[str]) -> None:
-        decide = self._decide
+    def _clean(self, ds: Dataset, st: _FileState, scope: int, encodings: list[str], nested: bool = False) -> None:
+        decide = self._decide_nested if nested else self._decide
         if 0x00080005 in ds:
             encodings = codec.encodings_of(ds, encodings)
         for tag in list(ds.keys()):
@@ -560,7 +589,7 @@ class StudyAnonymiser:
                     del ds[tag]  # not parseable as a sequence: not kept (fail closed)
                     continue
                 for item in seq:
-                    self._clean(item, st, _sub_scope(scope, kind), encodings)
+                    self._clean(item, st, _sub_scope(scope, kind), encodings, True)
             elif kind == EMPTY:
                 self._gather(ds, tag, d, st, encodings, nested=True)
                 elem = ds.get_item(tag)
@@ -657,7 +686,7 @@ class StudyAnonymiser:
         if 0x00080005 in item:
             encodings = codec.encodings_of(item, encodings)
         for tag in list(item.keys()):
-            d = self._decide(tag)
+            d = self._decide_nested(tag)
             if d.vr == "SQ" and not (d.kind == REMOVE and d.reason != "table"):
                 for sub in self._sequence(item, tag) or ():
                     self._gather_item(sub, st, encodings)
@@ -789,8 +818,9 @@ def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
 
 
 class _Verifier:
-    def __init__(self, decide: _Decider, options: DeidOptions, context: VerificationContext | None) -> None:
-        self._decide = decide
+    def __init__(self, deciders: _Deciders, options: DeidOptions, context: VerificationContext | None) -> None:
+        self._deciders = deciders
+        self._decide, self._decide_nested = deciders("")
         self._options = options
         self._ctx = context
         self._collect = bool(context and (context.markers or context.descriptors))
@@ -838,6 +868,7 @@ class _Verifier:
             else:
                 header = head + meta_bytes + body[:pixel_start]
         self._check_meta(meta, ds)
+        self._decide, self._decide_nested = self._deciders(_first(ds, 0x00080016))
         self._walk(ds, 0, codec.encodings_of(ds))
         reason = burned_in_reason(ds)
         if reason is not None and self._options.burned_in_policy != "include":
@@ -935,7 +966,7 @@ class _Verifier:
         return value is not None and not isinstance(value, list | tuple) and float(value) == 0
 
     def _walk(self, ds: Dataset, scope: int, encodings: list[str], path: tuple[tuple[int, int], ...] = ()) -> None:
-        decide = self._decide
+        decide = self._decide_nested if path else self._decide
         collect = self._collect
         if 0x00080005 in ds:
             encodings = codec.encodings_of(ds, encodings)
@@ -1049,7 +1080,7 @@ def verify_file(
     """Re-read an output file; raise :class:`DeidVerificationError` if anything the profile does not keep is
     present at any depth. With a `context` also the UID and leak checks (see :class:`VerificationContext`)."""
     opts = options or DeidOptions()
-    _Verifier(_Decider(profile or Profile.load(), opts), opts, context).run(Path(path))
+    _Verifier(_Deciders(profile or Profile.load(), opts), opts, context).run(Path(path))
 
 
 # ------------------------------------------------------------------------------------------------- CLI
