@@ -16,6 +16,7 @@ CLI: ``python -m studypub.deid.engine --describe`` prints what the profile does;
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import hmac
 import os
@@ -71,6 +72,7 @@ from studypub.deid.profile import (
     SEQ,
     SEQ_DUMMY,
     SEQ_IDENTITY,
+    SHIFT,
     TEXT_VRS,
     UID,
     Decision,
@@ -175,9 +177,13 @@ def _blank_pdf() -> bytes:
 BLANK_PDF = _blank_pdf()
 DEID_CODES = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "keep": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "shift": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "patient": ("113108", "Retain Patient Characteristics Option"),
     "device": ("113109", "Retain Device Identity Option"),
 }
+# (0028,0303) Longitudinal Temporal Information Modified, by dates option (set when a date was changed)
+LONGITUDINAL = {"remove": "REMOVED", "shift": "MODIFIED", "keep": "UNMODIFIED"}
 # Strings the engine writes itself: a source value contained in one of them is no evidence of a leak.
 _OWN_TEXT = "\x00".join(
     s.casefold()
@@ -187,6 +193,8 @@ _OWN_TEXT = "\x00".join(
         IMPLEMENTATION_VERSION_NAME,
         "YES",
         "REMOVED",
+        "MODIFIED",
+        "UNMODIFIED",
         "DCM",
         "DICM",
         *(f"{code} {meaning}" for code, meaning in DEID_CODES.values()),
@@ -399,6 +407,18 @@ def _first(ds: Dataset, tag: int) -> str:
     return str(value).strip("\x00 ")
 
 
+def shift_date(value: str, days: int, vr: str) -> str | None:
+    """A DA value (or a DT's date part, the rest kept) moved by `days`; None when it is not a full date."""
+    v = value.strip()
+    if len(v) < 8 or not v[:8].isdigit() or (vr == "DA" and len(v) != 8):
+        return None
+    try:
+        moved = dt.date(int(v[:4]), int(v[4:6]), int(v[6:8])) + dt.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return None
+    return f"{moved.year:04d}{moved.month:02d}{moved.day:02d}" + (v[8:] if vr == "DT" else "")
+
+
 def _code_value(ds: Dataset) -> str:
     return _first(ds, CODE_VALUE) or _first(ds, LONG_CODE_VALUE)
 
@@ -583,6 +603,15 @@ class StudyAnonymiser:
                 self._replace_uids(ds, tag, st, class_like=False)
             elif kind == CLASS_UID:
                 self._replace_uids(ds, tag, st, class_like=True)
+            elif kind == SHIFT:
+                elem = ds.get_item(tag)
+                values = codec.text_values(elem, d.vr, encodings) if elem is not None else []
+                if values:
+                    self._gather(ds, tag, d, st, encodings, nested=False)  # the source's dates: markers
+                    days = self.options.date_shift_days
+                    moved = [shift_date(v, days, d.vr) or DUMMY_BY_VR[d.vr] for v in values]
+                    ds[tag] = self._raw(tag, d.vr, _encoded(d.vr, moved), st)
+                    st.dates_changed = True
             elif kind in (SEQ, SEQ_DUMMY, SEQ_IDENTITY):
                 seq = self._sequence(ds, tag)
                 if seq is None:
@@ -713,6 +742,8 @@ class StudyAnonymiser:
         ds[0x00120062] = raw(0x00120062, "CS", _encoded("CS", "YES"), st)  # Patient Identity Removed
         ds[0x00120063] = raw(0x00120063, "LO", _encoded("LO", DEID_METHOD), st)  # De-identification Method
         codes = [DEID_CODES["basic"]]
+        if self.options.dates != "remove":
+            codes.append(DEID_CODES[self.options.dates])
         if self.options.retain_patient_characteristics:
             codes.append(DEID_CODES["patient"])
         if self.options.retain_device_identity:
@@ -725,8 +756,8 @@ class StudyAnonymiser:
             item[0x00080104] = raw(0x00080104, "LO", _encoded("LO", meaning), st)
             items.append(item)
         ds[0x00120064] = _elem(0x00120064, "SQ", items)  # De-identification Method Code Sequence
-        if st.dates_changed:
-            ds[0x00280303] = raw(0x00280303, "CS", _encoded("CS", "REMOVED"), st)  # Longitudinal Temporal Info...
+        if st.dates_changed or self.options.dates == "keep":  # Longitudinal Temporal Information Modified
+            ds[0x00280303] = raw(0x00280303, "CS", _encoded("CS", LONGITUDINAL[self.options.dates]), st)
 
     @staticmethod
     def _encode(
@@ -979,7 +1010,7 @@ class _Verifier:
                     local = _local_code(ds)
                 if local:
                     kind = KEEP_TEXT  # a local code is free text: never vocabulary, dummy inside D sequences
-            if kind == KEEP:
+            if kind in (KEEP, SHIFT):
                 if collect and vr in TEXT_VRS:
                     texts = [t.casefold() for t in self._texts_of(ds, tag, vr, encodings)]
                     self._texts.extend((path, tag, t) for t in texts)

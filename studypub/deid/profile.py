@@ -24,6 +24,8 @@ ADDITIONS_PATH = Path(__file__).with_name("studypub-additions.csv")
 IOD_TYPES_PATH = Path(__file__).with_name("iod-types.json")
 
 BurnedInPolicy = Literal["withhold", "include", "fail"]
+DatesPolicy = Literal["remove", "shift", "keep"]
+DATES_POLICIES: tuple[str, ...] = ("remove", "shift", "keep")
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,19 @@ class DeidOptions:
     burned_in_policy: BurnedInPolicy = "withhold"
     retain_patient_characteristics: bool = False
     retain_device_identity: bool = False
+    # Dates and times: "remove" (the Basic Profile), "shift" (Retain Longitudinal Temporal Information with
+    # Modified Dates, DCM 113107: every date moved by `date_shift_days`, the same for a whole publication, so
+    # intervals are kept) or "keep" (... with Full Dates, DCM 113106). Birth date and time are always removed.
+    dates: DatesPolicy = "remove"
+    date_shift_days: int = 0
 
     def __post_init__(self) -> None:
         if self.burned_in_policy not in ("withhold", "include", "fail"):
             raise ValueError(f"burned_in_policy must be withhold, include or fail, not {self.burned_in_policy!r}")
+        if self.dates not in DATES_POLICIES:
+            raise ValueError(f"dates must be remove, shift or keep, not {self.dates!r}")
+        if self.dates == "shift" and not self.date_shift_days:
+            raise ValueError("dates='shift' needs a non-zero date_shift_days")
 
 
 # Retain Patient Characteristics Option (DCM 113108): the "K" entries of that column. "C" entries (history,
@@ -146,8 +157,12 @@ def iod_types(path: str = str(IOD_TYPES_PATH)) -> IodTypes:
     return IodTypes(dict(data["sop_classes"]), iods)
 
 
+# Never kept or shifted by a dates option: they identify the person, not the timeline of the care.
+BIRTH_DATES = frozenset({0x00100030, 0x00100032})  # Patient's Birth Date, Patient's Birth Time
+
 # Decision kinds.
 KEEP = "keep"
+SHIFT = "shift"  # a DA/DT value moved by the publication's date offset (dates option "shift")
 REMOVE = "remove"
 EMPTY = "empty"
 DUMMY = "dummy"
@@ -298,6 +313,11 @@ class Profile:
             return Decision(REMOVE, "", action or "", "unknown_public")
         vr, keyword, retired = info
         vr = vr.split(" or ")[0] if " or " in vr else vr
+        if options.dates != "remove" and vr in DATE_VRS and tag not in BIRTH_DATES and not retired:
+            if options.dates == "shift" and vr != "TM":
+                return Decision(SHIFT, vr, action or "", "dates_option")
+            if action is not None:  # dates "keep", and times under "shift": as the source has them
+                return Decision(KEEP, vr, action, "dates_option")
         if action is not None:
             retained = (options.retain_patient_characteristics and tag in PATIENT_CHARACTERISTICS_KEEP) or (
                 options.retain_device_identity and tag in DEVICE_IDENTITY_KEEP
@@ -385,6 +405,10 @@ def _explain(decision: Decision) -> tuple[str, str]:
     kind, reason = decision.kind, decision.reason
     if reason == "option_keep":
         return "K", "kept by a retain option"
+    if reason == "dates_option":
+        if kind == SHIFT:
+            return "C", "dates option shift: moved by the publication's offset of days (intervals kept)"
+        return "K", "dates option keep (or a time under shift): as in the source"
     if kind == REMOVE:
         if reason == "unknown_public":
             return "X", "not in pydicom's dictionary: removed (fail closed)"
@@ -482,13 +506,44 @@ def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
             "set",
             "DCM 113100"
             + (" + 113108" if options.retain_patient_characteristics else "")
-            + (" + 113109" if options.retain_device_identity else ""),
+            + (" + 113109" if options.retain_device_identity else "")
+            + {"remove": "", "shift": " + 113107", "keep": " + 113106"}[options.dates],
         ),
         row(
             "(0028,0303)",
             "Longitudinal Temporal Information Modified",
             "set",
-            "REMOVED when a date/time attribute was replaced",
+            "REMOVED when a date/time attribute was replaced (dates remove), MODIFIED (dates shift), "
+            "UNMODIFIED (dates keep)",
+        ),
+        row(
+            "dates",
+            "Dates and times (VR DA, DT, TM), setting deid.dates",
+            options.dates,
+            "remove (default): as the table says (dummy 19000101, empty or removed); shift: every date "
+            "moved by one offset of days per publication (random to anyone without the service secret, "
+            "derived from it and the publication's random salt; intervals kept; PS3.15 Retain Longitudinal "
+            "Temporal Information with Modified Dates, DCM 113107), times kept; keep: dates and times as in "
+            "the source (Full Dates, DCM 113106). Patient's birth date and time are removed under every "
+            "choice. The archive's note says which",
+        ),
+        row(
+            "cleaning",
+            "A kept value that contains a removed value of the source",
+            "D",
+            "found by the verification, then that value (one value of a multi-valued attribute) becomes the "
+            "dummy of its VR, a public code's meaning the dictionary's meaning, and the output is verified "
+            "again; an enumerated value (ImageType 1-2, Modality, PhotometricInterpretation, ValueType...) "
+            "cannot take a dummy: that instance is withheld (identity_in_required_value)",
+        ),
+        row(
+            "coded entries",
+            "Code Sequence items (concept names and codes of content items, anatomy, procedures...)",
+            "K/D",
+            "kept when the scheme is public (DCM, SCT, SRT, LN, UCUM, RADLEX, FMA, NCIt...) and the meaning "
+            "holds no removed value or is the meaning pydicom's concept dictionary gives the code; a code of "
+            "a local or unknown scheme is free text: the dummy inside a D sequence, elsewhere kept only "
+            "without a removed value; the verification never excuses it as vocabulary",
         ),
         row(
             "(7FE0,0010) (5400,1010)",

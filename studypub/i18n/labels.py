@@ -105,6 +105,7 @@ SETTINGS = Labels(
         "links.default_retention_days": pN_("setting", "Default storage period (days)"),
         "links.max_retention_days": pN_("setting", "Maximum storage period (days)"),
         "deid.burned_in_policy": pN_("setting", "Images that may show identity in the pixels"),
+        "deid.dates": pN_("setting", "Dates in the images"),
         "pacs.host": pN_("setting", "PACS host"),
         "pacs.port": pN_("setting", "PACS DICOM port"),
         "pacs.called_ae": pN_("setting", "PACS AE title"),
@@ -119,6 +120,18 @@ BURNED_IN_POLICIES = Labels(
         "fail": pN_("burned_in_policy", "stop the publication with an error"),
     },
 )
+
+DATES_POLICIES = Labels(
+    "dates_policy",
+    {
+        "remove": pN_("dates_policy", "remove them"),
+        "shift": pN_("dates_policy", "move them all by the same number of days (intervals kept)"),
+        "keep": pN_("dates_policy", "keep them"),
+    },
+)
+
+# Settings chosen from a list: the setting -> the names of its choices.
+CHOICES = {"deid.burned_in_policy": BURNED_IN_POLICIES, "deid.dates": DATES_POLICIES}
 
 # Why an instance was left out of the archive (studypub.deid reason codes).
 WITHHELD = Labels(
