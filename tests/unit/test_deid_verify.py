@@ -62,6 +62,15 @@ def _free_text_in_content(ds: FileDataset) -> None:
     ds.ContentSequence = [item]
 
 
+def _local_code_in_content(ds: FileDataset) -> None:
+    concept = Dataset()  # a local scheme's code is free text: inside a D sequence it must be the dummy
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "X1", "99HOSP", "Ivanov follow-up"
+    item = Dataset()
+    item.ValueType = "CONTAINER"
+    item.ConceptNameCodeSequence = [concept]
+    ds.ContentSequence = [item]
+
+
 TAMPERINGS: dict[str, Callable[[FileDataset], None]] = {
     "X attribute present": lambda ds: setattr(ds, "PatientBirthDate", "19330303"),
     "Z attribute with a value": lambda ds: setattr(ds, "PatientName", "Someone^Else"),
@@ -70,6 +79,7 @@ TAMPERINGS: dict[str, Callable[[FileDataset], None]] = {
     "private tag without creator": lambda ds: ds.add_new(0x00111001, "LO", "x"),
     "private tag in a sequence": _private_in_sequence,
     "free text inside a Content Sequence": _free_text_in_content,
+    "local code inside a Content Sequence": _local_code_in_content,
     "overlay group": lambda ds: ds.add_new(0x60000010, "US", 8),
     "curve group": lambda ds: ds.add_new(0x50000005, "US", 1),
     "unknown public tag": lambda ds: ds.add_new(H.UNKNOWN_PUBLIC_TAG, "LO", "x"),
