@@ -97,6 +97,7 @@ def _errors(path: Path) -> set[str] | None:
     return {re.sub(r"=\s*<[^>]*>", "=<>", line) for line in lines if line.startswith("Error")}
 
 
+@pytest.mark.slow  # about 260 dciodvfy runs (12 s on an idle machine)
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) is not installed")
 def test_dciodvfy_finds_no_new_error_in_real_world_outputs(tmp_path: Path) -> None:
     anonymiser = StudyAnonymiser(bytes(range(32)), DeidOptions(burned_in_policy="include"))
