@@ -77,8 +77,18 @@ def _title_modifiers(content: Sequence) -> list[Dataset]:
     return out
 
 
+def _verification_datetime(ds: Dataset) -> str:
+    """An SR's verification time (Type 1C in its record when VERIFIED), which the document keeps per verifying
+    observer, not at the top level where pydicom's recorder looks."""
+    observers = ds.get("VerifyingObserverSequence") or []
+    times = [str(item.get("VerificationDateTime") or "") for item in observers]
+    return max((t for t in times if t), default="19000101000000")
+
+
 def _record(record_type: str, ds: Dataset) -> Dataset:
     record = DIRECTORY_RECORDERS[record_type](ds)
+    if str(record.get("VerificationFlag", "")).strip() == "VERIFIED" and not record.get("VerificationDateTime"):
+        record.VerificationDateTime = _verification_datetime(ds)
     if "ContentSequence" in record:
         modifiers = _title_modifiers(record.ContentSequence)
         if modifiers:

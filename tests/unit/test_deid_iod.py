@@ -115,3 +115,31 @@ def test_dciodvfy_finds_no_new_error_in_real_world_outputs(tmp_path: Path) -> No
         compared += 1
     assert compared >= 90
     assert new_errors == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) is not installed")
+def test_dciodvfy_finds_no_error_in_the_dicomdir_of_real_world_outputs(tmp_path: Path) -> None:
+    """Records carry only what their type allows (SR records: title modifiers, verification time)."""
+    from studypub.dicomdir import DicomDirBuilder
+    from tasks.archive import _record_copy
+
+    anonymiser = StudyAnonymiser(bytes(range(32)), DeidOptions(burned_in_policy="include"))
+    builder = DicomDirBuilder()
+    out = tmp_path / "fileset"
+    types = set()
+    for i, src in enumerate(storable_instances()):
+        if anonymiser.anonymise_file(src, tmp_path / f"{i}.dcm").withheld:
+            continue
+        ds = _record_copy(tmp_path / f"{i}.dcm")
+        try:
+            name = builder.add(ds)
+        except (KeyError, ValueError, AttributeError):
+            continue  # the archive keeps it outside the File-set
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"{i}.dcm").rename(out / name)
+        types.add(str(ds.Modality))
+    with (out / "DICOMDIR").open("wb") as fh:
+        builder.write(fh, "2.25.1")
+    assert len(builder) >= 100 and {"SR", "CT", "MR"} <= types
+    assert _errors(out / "DICOMDIR") == set()

@@ -106,6 +106,7 @@ def test_structured_report_records_carry_only_their_title_modifiers(tmp_path: Pa
     records = [r for r in dcmread(out / "DICOMDIR").DirectoryRecordSequence if r.DirectoryRecordType == "SR DOCUMENT"]
     assert len(records) == 2
     assert "ContentSequence" not in records[0]  # test-SR has no title modifier
+    assert records[0].VerificationDateTime == "20010213184746"  # VERIFIED: from its verifying observers
     (item,) = records[1].ContentSequence
     assert item.RelationshipType == "HAS CONCEPT MOD" and "ContentSequence" not in item
     assert set(item.keys()) <= {0x0040A010, 0x0040A040, 0x0040A043, 0x0040A168, 0x0040A160}
