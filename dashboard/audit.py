@@ -12,7 +12,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from studypub.i18n import N_, pN_
-from studypub.i18n.labels import BURNED_IN_POLICIES, DEVICES, ROLES, SETTINGS
+from studypub.i18n.labels import CHOICES, DEVICES, ROLES, SETTINGS
 from studypub.i18n.translator import Labels, Translator
 
 ACTORS = Labels(
@@ -157,8 +157,8 @@ def _changed(t: Translator, value: Any) -> str:
     for name, new in value.items():
         if new is None:
             new_text = t.gettext("default")
-        elif name == "deid.burned_in_policy":
-            new_text = t.label(BURNED_IN_POLICIES, str(new))
+        elif name in CHOICES:
+            new_text = t.label(CHOICES[name], str(new))
         else:
             new_text = str(new)
         shown.append(f"{t.label(SETTINGS, name)}: {new_text}")

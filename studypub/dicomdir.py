@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.fileset import DIRECTORY_RECORDERS
 from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 try:  # pydicom's mapping from an instance to its fourth-level record type (IMAGE, SR DOCUMENT, ENCAP DOC...)
@@ -50,8 +51,50 @@ def _encode(ds: Dataset) -> bytes:
     return fp.getvalue()
 
 
+# What a concept-modifier content item may carry in an SR/KO record (PS3.3 F.5: the record's Content Sequence
+# holds only the root's HAS CONCEPT MOD items, which modify the document title).
+_CONCEPT_MODIFIER_KEYWORDS = (
+    "RelationshipType",
+    "ValueType",
+    "ConceptNameCodeSequence",
+    "ConceptCodeSequence",
+    "TextValue",
+)
+
+
+def _title_modifiers(content: Sequence) -> list[Dataset]:
+    """The root's HAS CONCEPT MOD items, each with only what a concept modifier carries (no nested content,
+    no references outside the record): pydicom's recorders copy the whole Content Sequence."""
+    out = []
+    for item in content:
+        if str(item.get("RelationshipType", "")).strip() != "HAS CONCEPT MOD":
+            continue
+        modifier = Dataset()
+        for keyword in _CONCEPT_MODIFIER_KEYWORDS:
+            if keyword in item:
+                setattr(modifier, keyword, item.get(keyword))
+        out.append(modifier)
+    return out
+
+
+def _verification_datetime(ds: Dataset) -> str:
+    """An SR's verification time (Type 1C in its record when VERIFIED), which the document keeps per verifying
+    observer, not at the top level where pydicom's recorder looks."""
+    observers = ds.get("VerifyingObserverSequence") or []
+    times = [str(item.get("VerificationDateTime") or "") for item in observers]
+    return max((t for t in times if t), default="19000101000000")
+
+
 def _record(record_type: str, ds: Dataset) -> Dataset:
     record = DIRECTORY_RECORDERS[record_type](ds)
+    if str(record.get("VerificationFlag", "")).strip() == "VERIFIED" and not record.get("VerificationDateTime"):
+        record.VerificationDateTime = _verification_datetime(ds)
+    if "ContentSequence" in record:
+        modifiers = _title_modifiers(record.ContentSequence)
+        if modifiers:
+            record.ContentSequence = modifiers
+        else:
+            del record.ContentSequence
     record.OffsetOfTheNextDirectoryRecord = 0
     record.RecordInUseFlag = 0xFFFF
     record.OffsetOfReferencedLowerLevelDirectoryEntity = 0

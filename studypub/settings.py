@@ -149,6 +149,15 @@ class DeidSettings(BaseModel):
         False, description="PS3.15 option: keep sex, age, size, weight (off by default)."
     )
     retain_device_identity: bool = Field(False, description="PS3.15 option: keep device identity (off).")
+    dates: Literal["remove", "shift", "keep"] = Field(
+        "remove",
+        description=(
+            "Dates and times in the images: remove them as the Basic Profile says (default; a viewer shows "
+            "1 Jan 1900 or nothing), shift every date of a publication by one random offset of days that keeps "
+            "the intervals (PS3.15 Retain Longitudinal Temporal Information with Modified Dates), or keep them "
+            "(... with Full Dates). The patient's birth date is removed under every choice."
+        ),
+    )
     workers: int = Field(0, ge=0, le=64, description="Anonymiser processes; 0 means one per CPU core.")
 
 

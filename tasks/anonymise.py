@@ -36,12 +36,28 @@ def uid_key(settings: Settings, uid_salt: str) -> bytes:
     return hmac.new(settings.secret_bytes(), b"uid:" + uid_salt.encode(), hashlib.sha256).digest()
 
 
-def deid_options(settings: Settings) -> DeidOptions:
+# A shifted date moves back by 1 to 10 years (never into the future), whole days, so intervals are kept.
+DATE_SHIFT_MIN_DAYS = 365
+DATE_SHIFT_MAX_DAYS = 3652
+
+
+def date_shift_days(settings: Settings, uid_salt: str) -> int:
+    """The publication's date offset (negative days): from the service secret and the publication's random
+    salt, so every instance and every re-run of a publication gets the same offset, and nobody without the
+    secret can derive it from the output (it is stored nowhere)."""
+    digest = hmac.new(settings.secret_bytes(), b"dates:" + uid_salt.encode(), hashlib.sha256).digest()
+    span = DATE_SHIFT_MAX_DAYS - DATE_SHIFT_MIN_DAYS + 1
+    return -(DATE_SHIFT_MIN_DAYS + int.from_bytes(digest[:8], "big") % span)
+
+
+def deid_options(settings: Settings, uid_salt: str = "") -> DeidOptions:
     d = settings.deid
     return DeidOptions(
         burned_in_policy=d.burned_in_policy,
         retain_patient_characteristics=d.retain_patient_characteristics,
         retain_device_identity=d.retain_device_identity,
+        dates=d.dates,
+        date_shift_days=date_shift_days(settings, uid_salt) if d.dates == "shift" else 0,
     )
 
 
@@ -53,9 +69,11 @@ def withheld_text(result: dict[str, Any]) -> str:
     return N_("all %(count)s instances were withheld (%(codes)s)", count=result["withheld"], codes=reasons)
 
 
-def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None) -> dict[str, Any]:
+def anonymise_spool(
+    settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None, uid_salt: str = ""
+) -> dict[str, Any]:
     """Anonymise every file that appears in ``paths.raw`` (until retrieval is done) into ``paths.clean``."""
-    options = deid_options(settings)
+    options = deid_options(settings, uid_salt)
     workers = settings.deid.workers or os.cpu_count() or 1
     written = 0
     withheld: Counter[str] = Counter()
@@ -113,6 +131,7 @@ def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expecte
         "withheld_reasons": dict(withheld),
         "seconds": round(seconds, 3),
         "profile_version": PROFILE_VERSION,
+        "dates": options.dates,
     }
 
 
@@ -126,7 +145,8 @@ def anonymise(task_id: str) -> int:
         ctx.paths.create()
         clear_done(ctx.paths, "clean")
         expected = (ctx.task.checkpoints.get(Step.FIND.value) or {}).get("instances")
-        result = anonymise_spool(ctx.settings, uid_key(ctx.settings, ctx.task.uid_salt), ctx.paths, expected=expected)
+        salt = ctx.task.uid_salt
+        result = anonymise_spool(ctx.settings, uid_key(ctx.settings, salt), ctx.paths, expected=expected, uid_salt=salt)
         if result["instances"] == 0:
             raise AnonymisationFailed(N_("nothing left to publish: %(reason)s", reason=withheld_text(result)))
         save_checkpoint(ctx.session, task_id, Step.ANONYMISE, result)

@@ -161,6 +161,11 @@ def _encode_into(ds: Dataset, out: bytearray, implicit: bool, encodings: list[st
             continue
         if " or " in elem.VR:
             elem = cast(DataElement, correct_ambiguous_vr_element(elem, ds, True))
+        if elem.is_undefined_length and isinstance(elem.value, bytes):  # converted encapsulated pixel data
+            _header(out, tag, elem.VR, _UNDEFINED, implicit)
+            out += elem.value
+            out += _SEQ_END
+            continue
         encoded = _encode_value(elem, encodings)
         if encoded is not None:
             _header(out, tag, elem.VR, len(encoded), implicit)

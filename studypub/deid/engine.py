@@ -16,12 +16,14 @@ CLI: ``python -m studypub.deid.engine --describe`` prints what the profile does;
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import hmac
 import os
 import secrets
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -45,6 +47,15 @@ from pydicom.uid import (
 )
 
 from studypub.deid import codec, pixels
+from studypub.deid.codes import (
+    CODE_MEANING,
+    CODE_VALUE,
+    CODING_SCHEME_DESIGNATOR,
+    LONG_CODE_VALUE,
+    dictionary_meaning,
+    is_public_scheme,
+    matches_dictionary,
+)
 from studypub.deid.errors import BurnedInPolicyError, DeidError, DeidVerificationError, UnreadableDicomError
 from studypub.deid.pixels import pixel_data_reason
 from studypub.deid.profile import (
@@ -61,11 +72,13 @@ from studypub.deid.profile import (
     SEQ,
     SEQ_DUMMY,
     SEQ_IDENTITY,
+    SHIFT,
     TEXT_VRS,
     UID,
     Decision,
     DeidOptions,
     Profile,
+    iod_types,
 )
 
 __all__ = [
@@ -164,9 +177,13 @@ def _blank_pdf() -> bytes:
 BLANK_PDF = _blank_pdf()
 DEID_CODES = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "keep": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "shift": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "patient": ("113108", "Retain Patient Characteristics Option"),
     "device": ("113109", "Retain Device Identity Option"),
 }
+# (0028,0303) Longitudinal Temporal Information Modified, by dates option (set when a date was changed)
+LONGITUDINAL = {"remove": "REMOVED", "shift": "MODIFIED", "keep": "UNMODIFIED"}
 # Strings the engine writes itself: a source value contained in one of them is no evidence of a leak.
 _OWN_TEXT = "\x00".join(
     s.casefold()
@@ -176,6 +193,8 @@ _OWN_TEXT = "\x00".join(
         IMPLEMENTATION_VERSION_NAME,
         "YES",
         "REMOVED",
+        "MODIFIED",
+        "UNMODIFIED",
         "DCM",
         "DICM",
         *(f"{code} {meaning}" for code, meaning in DEID_CODES.values()),
@@ -187,6 +206,28 @@ _MIN_MARKER = 4
 _MIN_NUMERIC_MARKER = 8
 _NUMERIC_CHARS = frozenset("0123456789.:+- ")
 _IGNORE = pydicom_config.IGNORE
+# Rounds of cleaning a kept value that contains a removed one (each round re-verifies the whole output).
+_CLEAN_ROUNDS = 3
+IDENTITY_IN_REQUIRED_VALUE = "identity_in_required_value"
+# Kept code strings whose values the standard enumerates: a dummy there would make the object invalid, so
+# an instance with a removed identity value inside one of them is withheld instead of cleaned. ImageType's
+# first two values are enumerated (ORIGINAL/DERIVED, PRIMARY/SECONDARY); the others are defined terms.
+ENUMERATED_VALUES: dict[int, int] = {  # tag -> how many leading values are enumerated (0: all)
+    0x00080008: 2,  # Image Type
+    0x00080060: 0,  # Modality
+    0x00280004: 0,  # Photometric Interpretation
+    0x0040A040: 0,  # Value Type
+    0x0040A010: 0,  # Relationship Type
+    0x0040A050: 0,  # Continuity Of Content
+    0x0040A491: 0,  # Completion Flag
+    0x0040A493: 0,  # Verification Flag
+    0x00280301: 0,  # Burned In Annotation
+    0x00282110: 0,  # Lossy Image Compression
+    0x00080068: 0,  # Presentation Intent Type
+    0x00100040: 0,  # Patient's Sex
+    0x00189004: 0,  # Content Qualification
+    0x00200020: 0,  # Patient Orientation
+}
 
 
 def is_well_known_uid(uid: str) -> bool:
@@ -283,6 +324,19 @@ class VerificationContext:
     strict: frozenset[str] = frozenset()  # person-name components and identifiers: never excused as vocabulary
 
 
+class _KeptValueLeak(DeidVerificationError):
+    """A removed value of the source occurs inside a value the profile keeps. Carries where (paths of
+    (sequence tag, item index) and the tag) and which removed values, for the anonymiser to clean those
+    values; its reason names the first tag only (no value)."""
+
+    def __init__(
+        self, reason: str, *, locations: list[tuple[tuple[tuple[int, int], ...], int]], found: list[str]
+    ) -> None:
+        super().__init__(reason, code="deid_leak")
+        self.locations = locations
+        self.found = found
+
+
 @dataclass
 class _FileState:
     original_uids: set[str] = field(default_factory=set)
@@ -297,21 +351,45 @@ class _FileState:
 
 
 class _Decider:
-    """Per-tag decision cache for one (profile, options); owned by one anonymiser/verifier."""
+    """Per-tag decision cache for one (profile, options, IOD types at one depth); owned by one
+    anonymiser/verifier."""
 
-    __slots__ = ("_cache", "_options", "_profile")
+    __slots__ = ("_cache", "_options", "_profile", "_types")
 
-    def __init__(self, profile: Profile, options: DeidOptions) -> None:
+    def __init__(self, profile: Profile, options: DeidOptions, types: Mapping[int, str] | None = None) -> None:
         self._profile = profile
         self._options = options
+        self._types = types
         self._cache: dict[int, Decision] = {}
 
     def __call__(self, tag: int) -> Decision:
         key = int(tag)  # a plain int key: BaseTag's Python-level __eq__ would slow every lookup
         d = self._cache.get(key)
         if d is None:
-            d = self._cache[key] = self._profile.decide(key, self._options)
+            d = self._cache[key] = self._profile.decide(key, self._options, self._types)
         return d
+
+
+class _Deciders:
+    """The (top-level, nested) deciders of each SOP class: combined actions follow the IOD's types."""
+
+    __slots__ = ("_by_class", "_options", "_profile")
+
+    def __init__(self, profile: Profile, options: DeidOptions) -> None:
+        self._profile = profile
+        self._options = options
+        self._by_class: dict[str, tuple[_Decider, _Decider]] = {}
+
+    def __call__(self, sop_class: str) -> tuple[_Decider, _Decider]:
+        pair = self._by_class.get(sop_class)
+        if pair is None:
+            types = iod_types().for_sop_class(sop_class)
+            top, nested = types if types is not None else (None, None)
+            pair = self._by_class[sop_class] = (
+                _Decider(self._profile, self._options, top),
+                _Decider(self._profile, self._options, nested),
+            )
+        return pair
 
 
 def _first(ds: Dataset, tag: int) -> str:
@@ -327,6 +405,27 @@ def _first(ds: Dataset, tag: int) -> str:
     if not isinstance(value, str | bytes) and hasattr(value, "__iter__"):
         value = next(iter(value), "")
     return str(value).strip("\x00 ")
+
+
+def shift_date(value: str, days: int, vr: str) -> str | None:
+    """A DA value (or a DT's date part, the rest kept) moved by `days`; None when it is not a full date."""
+    v = value.strip()
+    if len(v) < 8 or not v[:8].isdigit() or (vr == "DA" and len(v) != 8):
+        return None
+    try:
+        moved = dt.date(int(v[:4]), int(v[4:6]), int(v[6:8])) + dt.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return None
+    return f"{moved.year:04d}{moved.month:02d}{moved.day:02d}" + (v[8:] if vr == "DT" else "")
+
+
+def _code_value(ds: Dataset) -> str:
+    return _first(ds, CODE_VALUE) or _first(ds, LONG_CODE_VALUE)
+
+
+def _local_code(ds: Dataset) -> bool:
+    """A coded entry whose scheme is local or unknown: its values are free text."""
+    return not is_public_scheme(_first(ds, CODING_SCHEME_DESIGNATOR))
 
 
 def _first_int(ds: Dataset, tag: int) -> int | None:
@@ -363,7 +462,9 @@ class StudyAnonymiser:
         self._key = bytes(uid_key)
         self.options = options or DeidOptions()
         self.profile = profile or Profile.load()
-        self._decide = _Decider(self.profile, self.options)
+        self._deciders = _Deciders(self.profile, self.options)
+        # the current file's deciders (top level, inside sequences), set per file by anonymise_file
+        self._decide, self._decide_nested = self._deciders("")
         self._uids: dict[str, str] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -399,6 +500,7 @@ class StudyAnonymiser:
                 raise BurnedInPolicyError(f"instance may show identity: {reason}", code=reason)
             return self._outcome(ds, sop_class, self.new_uid(sop_instance), ts, 0, withheld=reason)
 
+        self._decide, self._decide_nested = self._deciders(sop_class)
         implicit, little = ds.original_encoding
         st = _FileState(implicit=bool(implicit), little=little is not False)
         media_instance = _first(meta, 0x00020003)
@@ -408,13 +510,6 @@ class StudyAnonymiser:
         self._clean(ds, st, 0, encodings)
         self._stamp(ds, st)
         new_instance = _first(ds, 0x00080018)
-        try:
-            chunks = self._encode(ds, sop_class, new_instance, ts, encodings)
-        except Exception as exc:  # a value pydicom cannot encode: no output (reason names no value)
-            raise DeidError(
-                f"cannot encode the de-identified dataset ({type(exc).__name__})", code="deid_encode"
-            ) from None
-
         context = VerificationContext(
             original_uids=frozenset(st.original_uids - st.kept_uids),
             new_uids=frozenset(st.new_uids),
@@ -423,21 +518,74 @@ class StudyAnonymiser:
             strict=frozenset(st.strict),
         )
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-            _Verifier(self._decide, self.options, context).run(tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        for attempt in range(_CLEAN_ROUNDS):
+            try:
+                chunks = self._encode(ds, sop_class, new_instance, ts, encodings)
+            except Exception as exc:  # a value pydicom cannot encode: no output (reason names no value)
+                raise DeidError(
+                    f"cannot encode the de-identified dataset ({type(exc).__name__})", code="deid_encode"
+                ) from None
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            try:
+                with open(tmp, "wb") as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                _Verifier(self._deciders, self.options, context).run(tmp)
+                os.replace(tmp, dst)
+                break
+            except _KeptValueLeak as leak:
+                tmp.unlink(missing_ok=True)
+                if attempt == _CLEAN_ROUNDS - 1:
+                    raise DeidVerificationError(leak.reason, code=leak.code) from None
+                withheld = self._clean_values(ds, leak.locations, leak.found, encodings)
+                if withheld is not None:
+                    return self._outcome(ds, sop_class, new_instance, ts, 0, withheld=withheld, replaced=True)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         return self._outcome(ds, sop_class, new_instance, ts, sum(len(c) for c in chunks), withheld=None)
 
+    def _clean_values(
+        self,
+        ds: Dataset,
+        locations: list[tuple[tuple[tuple[int, int], ...], int]],
+        found: list[str],
+        encodings: list[str],
+    ) -> str | None:
+        """Replace every kept value (or value of a multi-valued attribute) that contains a removed value of
+        the source with the dummy of its VR, which keeps the object valid; a public code's meaning becomes
+        the dictionary's meaning. Returns a withheld reason when no valid cleaning exists (an enumerated
+        value), else None."""
+        for path, tag in locations:
+            item, enc = ds, codec.encodings_of(ds, encodings)
+            for seq_tag, index in path:
+                item = item[seq_tag].value[index]
+                enc = codec.encodings_of(item, enc)
+            elem = item.get_item(tag)
+            if elem is None:
+                continue
+            vr = self._decide(tag).vr or str(item[tag].VR)
+            values = codec.text_values(elem, vr, enc)
+            if tag == CODE_MEANING:
+                meaning = dictionary_meaning(_first(item, CODING_SCHEME_DESIGNATOR), _code_value(item))
+                if meaning is not None and not any(m in meaning.casefold() for m in found):
+                    item[tag] = _elem(tag, vr, meaning)
+                    continue
+            enumerated = ENUMERATED_VALUES.get(tag)
+            out: list[str] = []
+            for i, value in enumerate(values):
+                if any(m in value.casefold() for m in found):
+                    if enumerated is not None and (enumerated == 0 or i < enumerated):
+                        return IDENTITY_IN_REQUIRED_VALUE
+                    out.append(str(DUMMY_BY_VR.get(vr, DUMMY_TEXT)))
+                else:
+                    out.append(value)
+            item[tag] = _elem(tag, vr, out[0] if len(out) == 1 else out)
+        return None
+
     # -- the walk
-    def _clean(self, ds: Dataset, st: _FileState, scope: int, encodings: list[str]) -> None:
-        decide = self._decide
+    def _clean(self, ds: Dataset, st: _FileState, scope: int, encodings: list[str], nested: bool = False) -> None:
+        decide = self._decide_nested if nested else self._decide
         if 0x00080005 in ds:
             encodings = codec.encodings_of(ds, encodings)
         for tag in list(ds.keys()):
@@ -455,13 +603,22 @@ class StudyAnonymiser:
                 self._replace_uids(ds, tag, st, class_like=False)
             elif kind == CLASS_UID:
                 self._replace_uids(ds, tag, st, class_like=True)
+            elif kind == SHIFT:
+                elem = ds.get_item(tag)
+                values = codec.text_values(elem, d.vr, encodings) if elem is not None else []
+                if values:
+                    self._gather(ds, tag, d, st, encodings, nested=False)  # the source's dates: markers
+                    days = self.options.date_shift_days
+                    moved = [shift_date(v, days, d.vr) or DUMMY_BY_VR[d.vr] for v in values]
+                    ds[tag] = self._raw(tag, d.vr, _encoded(d.vr, moved), st)
+                    st.dates_changed = True
             elif kind in (SEQ, SEQ_DUMMY, SEQ_IDENTITY):
                 seq = self._sequence(ds, tag)
                 if seq is None:
                     del ds[tag]  # not parseable as a sequence: not kept (fail closed)
                     continue
                 for item in seq:
-                    self._clean(item, st, _sub_scope(scope, kind), encodings)
+                    self._clean(item, st, _sub_scope(scope, kind), encodings, True)
             elif kind == EMPTY:
                 self._gather(ds, tag, d, st, encodings, nested=True)
                 elem = ds.get_item(tag)
@@ -473,7 +630,11 @@ class StudyAnonymiser:
                 if d.vr in DATE_VRS:
                     st.dates_changed = True
                 ds[tag] = self._raw(tag, d.vr, _encoded(d.vr, self._dummy_value(ds, tag, d.vr)), st)
-            elif (kind == KEEP_TEXT and scope & _SCOPE_DUMMY) or (kind == KEEP_CODE and scope & _SCOPE_IDENTITY):
+            elif (
+                (kind == KEEP_TEXT and scope & _SCOPE_DUMMY)
+                or (kind == KEEP_CODE and scope & _SCOPE_IDENTITY)
+                or (kind == KEEP_CODE and scope & _SCOPE_DUMMY and _local_code(ds))
+            ):
                 elem = ds.get_item(tag)
                 if elem is not None and elem.value:
                     identity = bool(scope & _SCOPE_IDENTITY)
@@ -554,7 +715,7 @@ class StudyAnonymiser:
         if 0x00080005 in item:
             encodings = codec.encodings_of(item, encodings)
         for tag in list(item.keys()):
-            d = self._decide(tag)
+            d = self._decide_nested(tag)
             if d.vr == "SQ" and not (d.kind == REMOVE and d.reason != "table"):
                 for sub in self._sequence(item, tag) or ():
                     self._gather_item(sub, st, encodings)
@@ -581,6 +742,8 @@ class StudyAnonymiser:
         ds[0x00120062] = raw(0x00120062, "CS", _encoded("CS", "YES"), st)  # Patient Identity Removed
         ds[0x00120063] = raw(0x00120063, "LO", _encoded("LO", DEID_METHOD), st)  # De-identification Method
         codes = [DEID_CODES["basic"]]
+        if self.options.dates != "remove":
+            codes.append(DEID_CODES[self.options.dates])
         if self.options.retain_patient_characteristics:
             codes.append(DEID_CODES["patient"])
         if self.options.retain_device_identity:
@@ -593,8 +756,8 @@ class StudyAnonymiser:
             item[0x00080104] = raw(0x00080104, "LO", _encoded("LO", meaning), st)
             items.append(item)
         ds[0x00120064] = _elem(0x00120064, "SQ", items)  # De-identification Method Code Sequence
-        if st.dates_changed:
-            ds[0x00280303] = raw(0x00280303, "CS", _encoded("CS", "REMOVED"), st)  # Longitudinal Temporal Info...
+        if st.dates_changed or self.options.dates == "keep":  # Longitudinal Temporal Information Modified
+            ds[0x00280303] = raw(0x00280303, "CS", _encoded("CS", LONGITUDINAL[self.options.dates]), st)
 
     @staticmethod
     def _encode(
@@ -621,13 +784,24 @@ class StudyAnonymiser:
         return [buf.getvalue()]
 
     def _outcome(
-        self, ds: Dataset, sop_class: str, sop_instance: str, ts: str, size: int, *, withheld: str | None
+        self,
+        ds: Dataset,
+        sop_class: str,
+        sop_instance: str,
+        ts: str,
+        size: int,
+        *,
+        withheld: str | None,
+        replaced: bool = False,
     ) -> InstanceOutcome:
+        """`replaced`: the dataset's UIDs are already the new ones (else a withheld source's are mapped)."""
+
         def uid_of(tag: int) -> str | None:
             value = _first(ds, tag)
             if not value:
                 return None
-            return value if withheld is None or is_well_known_uid(value) else self.new_uid(value)
+            keep = withheld is None or replaced or is_well_known_uid(value)
+            return value if keep else self.new_uid(value)
 
         return InstanceOutcome(
             withheld=withheld is not None,
@@ -675,13 +849,16 @@ def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
 
 
 class _Verifier:
-    def __init__(self, decide: _Decider, options: DeidOptions, context: VerificationContext | None) -> None:
-        self._decide = decide
+    def __init__(self, deciders: _Deciders, options: DeidOptions, context: VerificationContext | None) -> None:
+        self._deciders = deciders
+        self._decide, self._decide_nested = deciders("")
         self._options = options
         self._ctx = context
         self._collect = bool(context and (context.markers or context.descriptors))
-        self._texts: list[tuple[int, str]] = []  # (tag, casefolded text) of every text value kept
-        self._vocab: list[str] = []  # kept controlled-vocabulary values (CS, coded entries)
+        # (path of (sequence tag, item index), tag, casefolded text) of every text value kept
+        self._texts: list[tuple[tuple[tuple[int, int], ...], int, str]] = []
+        self._vocab: list[str] = []  # kept controlled-vocabulary values (CS)
+        self._codes: list[tuple[str, str, int, str]] = []  # (scheme, code value, tag, text) of public codes
 
     @staticmethod
     def _fail(tag: int | None, problem: str, code: str = "deid_verification_failed") -> None:
@@ -722,6 +899,7 @@ class _Verifier:
             else:
                 header = head + meta_bytes + body[:pixel_start]
         self._check_meta(meta, ds)
+        self._decide, self._decide_nested = self._deciders(_first(ds, 0x00080016))
         self._walk(ds, 0, codec.encodings_of(ds))
         reason = burned_in_reason(ds)
         if reason is not None and self._options.burned_in_policy != "include":
@@ -818,18 +996,24 @@ class _Verifier:
         value = ds[tag].value
         return value is not None and not isinstance(value, list | tuple) and float(value) == 0
 
-    def _walk(self, ds: Dataset, scope: int, encodings: list[str]) -> None:
-        decide = self._decide
+    def _walk(self, ds: Dataset, scope: int, encodings: list[str], path: tuple[tuple[int, int], ...] = ()) -> None:
+        decide = self._decide_nested if path else self._decide
         collect = self._collect
         if 0x00080005 in ds:
             encodings = codec.encodings_of(ds, encodings)
+        local: bool | None = None  # whether this item is a coded entry of a local/unknown scheme (lazy)
         for tag in list(ds.keys()):
             d = decide(tag)
             kind, vr = d.kind, d.vr
-            if kind == KEEP:
+            if kind == KEEP_CODE:
+                if local is None:
+                    local = _local_code(ds)
+                if local:
+                    kind = KEEP_TEXT  # a local code is free text: never vocabulary, dummy inside D sequences
+            if kind in (KEEP, SHIFT):
                 if collect and vr in TEXT_VRS:
                     texts = [t.casefold() for t in self._texts_of(ds, tag, vr, encodings)]
-                    self._texts.extend((tag, t) for t in texts)
+                    self._texts.extend((path, tag, t) for t in texts)
                     if vr == "CS":
                         self._vocab.extend(texts)
             elif kind == REMOVE:
@@ -842,8 +1026,9 @@ class _Verifier:
                 elem = ds[tag]
                 if elem.VR != "SQ":
                     self._fail(tag, "sequence attribute is not a sequence")
-                for item in elem.value:
-                    self._walk(item, _sub_scope(scope, kind), encodings)
+                sub = _sub_scope(scope, kind)
+                for index, item in enumerate(elem.value):
+                    self._walk(item, sub, encodings, (*path, (tag, index)))
             elif kind == EMPTY:
                 elem = ds.get_item(tag)
                 if elem is not None and (elem.value if vr != "SQ" else len(ds[tag].value)):
@@ -857,30 +1042,48 @@ class _Verifier:
                     self._fail(tag, "free text inside a D sequence is not the dummy", code="deid_leak")
             elif collect:  # KEEP_TEXT / KEEP_CODE outside a dummy scope
                 texts = [t.casefold() for t in self._texts_of(ds, tag, vr, encodings)]
-                self._texts.extend((tag, t) for t in texts)
+                self._texts.extend((path, tag, t) for t in texts)
                 if kind == KEEP_CODE:
-                    self._vocab.extend(texts)
+                    scheme, value = _first(ds, CODING_SCHEME_DESIGNATOR), _code_value(ds)
+                    self._codes.extend((scheme, value, tag, t) for t in texts)
+
+    def _code_vocabulary(self, markers: frozenset[str]) -> list[str]:
+        """Kept values of public coded entries that are vocabulary: designators and code values, and meanings
+        that contain no removed value or that are the meaning pydicom's dictionary gives the code."""
+        meanings = "\x00".join(t for _s, _v, tag, t in self._codes if tag == CODE_MEANING)
+        present = [m for m in markers if m in meanings]
+        out = []
+        for scheme, value, tag, t in self._codes:
+            if tag == CODE_MEANING and any(m in t for m in present) and not matches_dictionary(scheme, value, t):
+                continue
+            out.append(t)
+        return out
 
     def _scan(self, header: bytes, ds: Dataset) -> None:
         ctx = self._ctx
         if ctx is None:
             return
         # A removed value found inside a kept controlled-vocabulary value (a CS such as BodyPartExamined, or a
-        # coded entry such as ProcedureCodeSequence's CodeMeaning) is vocabulary, not identity: e.g. a removed
-        # StudyDescription "CT HEAD" next to a kept CodeMeaning "CT Head". A removed descriptor equal to a
-        # whole kept value is vocabulary too (StudyDescription "Brain", PositionReferenceIndicator "Brain");
-        # identity markers (names, IDs, dates, addresses, institutions) are never excused that way.
-        vocab = "\x00".join(self._vocab)
-        whole_values = {t for _tag, t in self._texts}
+        # public coded entry such as ProcedureCodeSequence's SCT code whose meaning is the dictionary's) is
+        # vocabulary, not identity: e.g. a removed StudyDescription "CT HEAD" next to a kept CodeMeaning
+        # "CT Head". A removed descriptor equal to a whole kept value is vocabulary too (StudyDescription
+        # "Brain", PositionReferenceIndicator "Brain"); identity markers (names, IDs, dates, addresses,
+        # institutions) are never excused that way, and codes of local schemes are never vocabulary.
+        vocab = "\x00".join([*self._vocab, *self._code_vocabulary(ctx.markers | ctx.descriptors)])
+        whole_values = {t for _path, _tag, t in self._texts}
         # Person names and identifiers are never excused: a name inside a kept code string is still a name.
         markers = [m for m in ctx.markers if m not in vocab or m in ctx.strict]
         markers += [m for m in ctx.descriptors if m not in vocab and m not in whole_values]
         if markers:
-            haystack = "\x00".join(t for _tag, t in self._texts)
-            for m in markers:
-                if m in haystack:
-                    tag = next(tag for tag, t in self._texts if m in t)
-                    self._fail(tag, "a removed value of the source occurs in the output", code="deid_leak")
+            haystack = "\x00".join(t for _path, _tag, t in self._texts)
+            found = [m for m in markers if m in haystack]
+            if found:
+                locations = [(path, tag) for path, tag, t in self._texts if any(m in t for m in found)]
+                raise _KeptValueLeak(
+                    _tag_text(locations[0][1]) + ": a removed value of the source occurs in the output",
+                    locations=locations,
+                    found=found,
+                )
         lowered = header.lower()
         encodings = ["ascii", "utf-8", *codec.encodings_of(ds)]
         for m in markers:
@@ -908,7 +1111,7 @@ def verify_file(
     """Re-read an output file; raise :class:`DeidVerificationError` if anything the profile does not keep is
     present at any depth. With a `context` also the UID and leak checks (see :class:`VerificationContext`)."""
     opts = options or DeidOptions()
-    _Verifier(_Decider(profile or Profile.load(), opts), opts, context).run(Path(path))
+    _Verifier(_Deciders(profile or Profile.load(), opts), opts, context).run(Path(path))
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -105,6 +105,7 @@ SETTINGS = Labels(
         "links.default_retention_days": pN_("setting", "Default storage period (days)"),
         "links.max_retention_days": pN_("setting", "Maximum storage period (days)"),
         "deid.burned_in_policy": pN_("setting", "Images that may show identity in the pixels"),
+        "deid.dates": pN_("setting", "Dates in the images"),
         "pacs.host": pN_("setting", "PACS host"),
         "pacs.port": pN_("setting", "PACS DICOM port"),
         "pacs.called_ae": pN_("setting", "PACS AE title"),
@@ -120,6 +121,18 @@ BURNED_IN_POLICIES = Labels(
     },
 )
 
+DATES_POLICIES = Labels(
+    "dates_policy",
+    {
+        "remove": pN_("dates_policy", "remove them"),
+        "shift": pN_("dates_policy", "move them all by the same number of days (intervals kept)"),
+        "keep": pN_("dates_policy", "keep them"),
+    },
+)
+
+# Settings chosen from a list: the setting -> the names of its choices.
+CHOICES = {"deid.burned_in_policy": BURNED_IN_POLICIES, "deid.dates": DATES_POLICIES}
+
 # Why an instance was left out of the archive (studypub.deid reason codes).
 WITHHELD = Labels(
     "withheld",
@@ -131,6 +144,7 @@ WITHHELD = Labels(
         "pixel_data_missing_frames": pN_("withheld", "damaged image data"),
         "pixel_data_malformed": pN_("withheld", "damaged image data"),
         "pixel_data_undescribed": pN_("withheld", "damaged image data"),
+        "identity_in_required_value": pN_("withheld", "personal data inside a technical value the image needs"),
         "withheld": pN_("withheld", "the image may show personal data"),
     },
 )

@@ -25,6 +25,7 @@ from studypub.deid.engine import (
     StudyAnonymiser,
 )
 from studypub.deid.errors import BurnedInPolicyError, UnreadableDicomError
+from studypub.deid.profile import IOD_AWARE_ACTIONS, iod_types, resolve_by_type
 from tests.unit import deid_hostile as H
 
 DUMMY_BY_VR = {
@@ -105,9 +106,13 @@ def test_hostile_file_every_table_attribute(tmp_path: Path, implicit: bool) -> N
     assert (outcome.instance_number, outcome.series_number, outcome.modality) == (7, 3, "CT")
     assert not outcome.withheld
 
+    top_types, _nested_types = iod_types().for_sop_class(str(out.SOPClassUID)) or ({}, {})
+    assert top_types  # the CT Image IOD is described: combined actions follow its types
     for tag, action in added.items():
         elem = out.get(tag)
         vr = elem.VR if elem is not None else ""
+        if action in IOD_AWARE_ACTIONS:  # Type 1 -> D, Type 2 -> Z, Type 3 -> X where allowed
+            action = resolve_by_type(action, top_types.get(tag, "3"))[0]
         if action == "X":
             assert elem is None, f"{tag} ({action}) kept"
         elif action in ("Z", "X/Z", "X/Z/D") or (action == "X/Z/U*" and vr not in ("SQ", "UI")):
@@ -139,14 +144,20 @@ def test_nested_sequences_three_levels(tmp_path: Path) -> None:
     level2 = level1.ReferencedInstanceSequence[0]
     level3 = level2.ContentSequence[0]
     assert level1.PatientName == "" and level1.SeriesInstanceUID.startswith("2.25.")
-    assert level2.OperatorsName == "" and level2.ReferencedSOPInstanceUID.startswith("2.25.")
+    assert "OperatorsName" not in level2 and level2.ReferencedSOPInstanceUID.startswith("2.25.")  # X/Z/D, Type 3
     assert level3.TextValue == "ANONYMOUS" and level3.PersonName == "ANONYMOUS"
     assert level3.Manufacturer == "ANONYMOUS"  # any free text inside a D sequence
     assert level3.DateTime == "19000101000000" and level3.UID.startswith("2.25.")
     assert level3.ConceptNameCodeSequence[0].CodeMeaning == "Finding"  # coded structure kept
     assert "RequestAttributesSequence" not in out  # X
-    assert len(out.ReferencedStudySequence) == 0  # X/Z -> Z
-    person = out.OperatorIdentificationSequence[0].PersonIdentificationCodeSequence[0]
+    assert "ReferencedStudySequence" not in out  # X/Z, not in the CT Image IOD -> X
+    assert "OperatorIdentificationSequence" not in out  # X/D, Type 3 in the CT Image IOD -> X
+    # An IOD the types do not describe (a retired SOP class): the conservative resolution, X/D -> D
+    retired, _ = H.hostile_dataset()
+    retired.SOPClassUID = retired.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.5"
+    dst, _ = _anonymise(tmp_path / "retired", retired)
+    _assert_clean_bytes(dst)
+    person = dcmread(dst).OperatorIdentificationSequence[0].PersonIdentificationCodeSequence[0]
     assert person.CodeValue == person.CodeMeaning == "ANONYMOUS"  # identity code sequence: dummied
 
 
@@ -238,7 +249,7 @@ def test_options_retain_characteristics_and_device(tmp_path: Path) -> None:
     ds.DeviceSerialNumber, ds.StationName, ds.DeviceUID = "SN123", "CT01", H.ORIG_ROOT + "401"
     dst, _ = _anonymise(tmp_path, ds)
     out = dcmread(dst)
-    assert "PatientAge" not in out and out.PatientSex == "" and out.DeviceSerialNumber == ""
+    assert "PatientAge" not in out and out.PatientSex == "" and "DeviceSerialNumber" not in out  # Type 3 in CT
     options = DeidOptions(retain_patient_characteristics=True, retain_device_identity=True)
     dst, _ = _anonymise(tmp_path / "opt", ds, options=options)
     out = dcmread(dst)

@@ -1,5 +1,7 @@
 """A person's name or ID hidden in an attribute the profile keeps (not listed in Table E.1-1) never reaches
-the archive: the verification fails closed and leaves no output."""
+the archive: the value (or the one value of a multi-valued attribute) that holds it is cleaned to the dummy,
+the instance is withheld when the standard enumerates that value, and the verification still fails closed
+when a removed value survives (no output)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -34,18 +37,46 @@ def _instance(path: Path, **extra: object) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("keyword", "value"),
+    ("keyword", "value", "cleaned"),
     [
-        ("ImageType", ["ORIGINAL", "PRIMARY", "ZHUKOVA"]),  # a name component in a kept code string
-        ("ImageType", ["ORIGINAL", "PID-998877"]),  # the patient ID
-        ("Manufacturer", "ACC-55667788 scanner"),  # the accession number in kept free text
+        # a name component in a kept code string: that value only becomes the dummy
+        ("ImageType", ["ORIGINAL", "PRIMARY", "ZHUKOVA"], ["ORIGINAL", "PRIMARY", "ANONYMOUS"]),
+        ("Manufacturer", "ACC-55667788 scanner", "ANONYMOUS"),  # the accession number in kept free text
+        # a removed institution inside a kept manufacturer (real-world: InstitutionName TOSHIBA, TOSHIBA_MEC)
+        ("Manufacturer", "CITYCLINIC_MEC", "ANONYMOUS"),
     ],
 )
-def test_identity_in_a_kept_attribute_fails_closed(tmp_path: Path, keyword: str, value: object) -> None:
-    src = _instance(tmp_path / "in.dcm", **{keyword: value})
+def test_identity_in_a_kept_attribute_is_cleaned(tmp_path: Path, keyword: str, value: object, cleaned: object) -> None:
+    src = _instance(tmp_path / "in.dcm", InstitutionName="CITYCLINIC", **{keyword: value})
     dst = tmp_path / "out.dcm"
-    with pytest.raises(DeidVerificationError):
+    outcome = StudyAnonymiser(b"k" * 32, DeidOptions()).anonymise_file(src, dst)
+    assert not outcome.withheld
+    out = dcmread(dst)
+    assert out[keyword].value == cleaned
+    raw = dst.read_bytes().lower()
+    assert all(marker not in raw for marker in (b"zhukova", b"998877", b"55667788", b"cityclinic"))
+    assert not list(tmp_path.glob(".out.dcm*"))
+
+
+def test_identity_in_an_enumerated_value_withholds_the_instance(tmp_path: Path) -> None:
+    """ImageType's second value is enumerated (PRIMARY/SECONDARY): no dummy is valid there."""
+    src = _instance(tmp_path / "in.dcm", ImageType=["ORIGINAL", "PID-998877"])
+    dst = tmp_path / "out.dcm"
+    outcome = StudyAnonymiser(b"k" * 32, DeidOptions()).anonymise_file(src, dst)
+    assert outcome.withheld and outcome.withheld_reason == "identity_in_required_value"
+    assert not dst.exists() and not list(tmp_path.glob(".out.dcm*"))
+    assert outcome.study_instance_uid and outcome.study_instance_uid.startswith("2.25.")
+
+
+def test_a_leak_the_cleaning_misses_still_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the cleaning (as if it missed a value) the verification refuses the output and leaves none."""
+    monkeypatch.setattr(StudyAnonymiser, "_clean_values", lambda self, *args: None)
+    src = _instance(tmp_path / "in.dcm", Manufacturer="ACC-55667788 scanner")
+    dst = tmp_path / "out.dcm"
+    with pytest.raises(DeidVerificationError) as info:
         StudyAnonymiser(b"k" * 32, DeidOptions()).anonymise_file(src, dst)
+    assert info.value.code == "deid_leak" and "Manufacturer" in info.value.reason
+    assert "55667788" not in info.value.reason
     assert not dst.exists() and not list(tmp_path.glob(".out.dcm*"))
 
 

@@ -121,3 +121,20 @@ def test_cli_describe_prints_every_row() -> None:
         check=True,
     )
     assert len(result.stdout.splitlines()) == len(Profile.load().describe())
+
+
+def test_the_cli_describes_cleaning_coded_entries_dates_and_iod_types() -> None:
+    """`studypub deid-profile` prints every rule, the ones beyond Table E.1-1 included."""
+    import argparse
+    import io
+    import json
+
+    from deployments.cli import cmd_deid_profile
+
+    out = io.StringIO()
+    assert cmd_deid_profile(argparse.Namespace(format="json"), out) == 0
+    rules = {row["tag"]: row for row in json.loads(out.getvalue())["rules"]}
+    assert "dummy" in rules["cleaning"]["why"] and "withheld" in rules["cleaning"]["why"]
+    assert "local or unknown scheme" in rules["coded entries"]["why"] and "SCT" in rules["coded entries"]["why"]
+    assert "shift" in rules["dates"]["why"] and "113107" in rules["dates"]["why"]
+    assert "Type 1 -> D, Type 2 -> Z" in rules["(0018,1000)"]["why"]  # Device Serial Number, X/Z/D

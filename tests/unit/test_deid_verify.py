@@ -62,6 +62,15 @@ def _free_text_in_content(ds: FileDataset) -> None:
     ds.ContentSequence = [item]
 
 
+def _local_code_in_content(ds: FileDataset) -> None:
+    concept = Dataset()  # a local scheme's code is free text: inside a D sequence it must be the dummy
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "X1", "99HOSP", "Ivanov follow-up"
+    item = Dataset()
+    item.ValueType = "CONTAINER"
+    item.ConceptNameCodeSequence = [concept]
+    ds.ContentSequence = [item]
+
+
 TAMPERINGS: dict[str, Callable[[FileDataset], None]] = {
     "X attribute present": lambda ds: setattr(ds, "PatientBirthDate", "19330303"),
     "Z attribute with a value": lambda ds: setattr(ds, "PatientName", "Someone^Else"),
@@ -70,6 +79,7 @@ TAMPERINGS: dict[str, Callable[[FileDataset], None]] = {
     "private tag without creator": lambda ds: ds.add_new(0x00111001, "LO", "x"),
     "private tag in a sequence": _private_in_sequence,
     "free text inside a Content Sequence": _free_text_in_content,
+    "local code inside a Content Sequence": _local_code_in_content,
     "overlay group": lambda ds: ds.add_new(0x60000010, "US", 8),
     "curve group": lambda ds: ds.add_new(0x50000005, "US", 1),
     "unknown public tag": lambda ds: ds.add_new(H.UNKNOWN_PUBLIC_TAG, "LO", "x"),
@@ -146,10 +156,20 @@ def test_vocabulary_is_not_a_leak(good: Path, tmp_path: Path) -> None:
     name = _tampered(good, tmp_path, lambda ds: setattr(ds, "PositionReferenceIndicator", "ZQXPATIENT"))
     with pytest.raises(DeidVerificationError):
         verify_file(name, context=context)  # ...but never an identity value
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "CTHEAD", "99LOCAL", "CT Head"
-    ok = _tampered(good, tmp_path, lambda ds: setattr(ds, "ProcedureCodeSequence", [code]))
+    code = Dataset()  # a public code whose meaning is the one pydicom's dictionary gives it (SCT Head)
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "69536005", "SCT", "Head"
+    ok = _tampered(good, tmp_path, lambda ds: setattr(ds, "AnatomicRegionSequence", [code]))
     verify_file(ok, context=context)
+    local = Dataset()  # the same words from a local scheme are free text: a removed value inside is a leak
+    local.CodeValue, local.CodingSchemeDesignator, local.CodeMeaning = "CTHEAD", "99LOCAL", "CT Head"
+    bad_code = _tampered(good, tmp_path, lambda ds: setattr(ds, "AnatomicRegionSequence", [local]))
+    with pytest.raises(DeidVerificationError):
+        verify_file(bad_code, context=context)
+    unknown = Dataset()  # ...and so is a public scheme's code whose meaning is not the dictionary's
+    unknown.CodeValue, unknown.CodingSchemeDesignator, unknown.CodeMeaning = "69536005", "SCT", "CT head of zqx"
+    bad_meaning = _tampered(good, tmp_path, lambda ds: setattr(ds, "AnatomicRegionSequence", [unknown]))
+    with pytest.raises(DeidVerificationError):
+        verify_file(bad_meaning, context=context)
     bad = _tampered(good, tmp_path, lambda ds: setattr(ds, "Manufacturer", "CT HEAD"))
     with pytest.raises(DeidVerificationError):
         verify_file(bad, context=context)
@@ -162,11 +182,16 @@ def test_burned_in_output_fails_unless_policy_includes(good: Path, tmp_path: Pat
     verify_file(bad, options=DeidOptions(burned_in_policy="include"))
 
 
-def test_anonymise_file_fails_closed_and_leaves_nothing(tmp_path: Path) -> None:
+def test_anonymise_file_fails_closed_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = H.base_dataset(SOP)
     ds.ManufacturerModelName = "zqxpatient scanner"  # a kept attribute quoting the (removed) patient name
     src = H.write(ds, tmp_path / "in" / "leak.dcm")
     out_dir = tmp_path / "out"
+    StudyAnonymiser(H.KEY).anonymise_file(src, out_dir / "leak.dcm")  # cleaned to the dummy
+    assert dcmread(out_dir / "leak.dcm").ManufacturerModelName == "ANONYMOUS"
+    assert b"zqx" not in (out_dir / "leak.dcm").read_bytes().lower()
+    (out_dir / "leak.dcm").unlink()
+    monkeypatch.setattr(StudyAnonymiser, "_clean_values", lambda self, *args: None)  # as if cleaning missed it
     with pytest.raises(DeidVerificationError) as info:
         StudyAnonymiser(H.KEY).anonymise_file(src, out_dir / "leak.dcm")
     assert isinstance(info.value, DeidError) and info.value.code == "deid_leak"
@@ -187,6 +212,7 @@ def test_leak_scan_is_case_insensitive_beyond_ascii(tmp_path: Path) -> None:
     ds.PatientName = "ПЕТРОВ^Иван"
     ds.ManufacturerModelName = "сканер петрова"  # lower-case copy of the family name in a kept attribute
     src = H.write(ds, tmp_path / "in" / "ru.dcm")
-    with pytest.raises(DeidVerificationError):
-        StudyAnonymiser(H.KEY).anonymise_file(src, tmp_path / "out" / "ru.dcm")
-    assert not (tmp_path / "out" / "ru.dcm").exists()
+    StudyAnonymiser(H.KEY).anonymise_file(src, tmp_path / "out" / "ru.dcm")
+    out = (tmp_path / "out" / "ru.dcm").read_bytes()
+    assert "петров".encode() not in out.lower() and "ПЕТРОВ".encode() not in out
+    assert dcmread(tmp_path / "out" / "ru.dcm").ManufacturerModelName == "ANONYMOUS"

@@ -73,3 +73,41 @@ def test_names_are_fixed_when_added_and_a_failed_add_changes_nothing(tmp_path: P
     assert len(builder) == 1
     second = builder.add(dcmread(study.paths[2], stop_before_pixels=True))
     assert (first, second) == ("PT000000/ST000000/SE000000/IM000000", "PT000000/ST000000/SE000000/IM000001")
+
+
+def test_structured_report_records_carry_only_their_title_modifiers(tmp_path: Path) -> None:
+    """pydicom's SR DOCUMENT recorder copies the whole Content Sequence (other relationship types, nested
+    items, references outside the evidence); a record keeps only the root's HAS CONCEPT MOD items."""
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import Dataset
+
+    def read() -> Dataset:  # empty in the file; the records need them (the archive fills dummies likewise)
+        ds = dcmread(get_testdata_file("test-SR.dcm"), stop_before_pixels=True)
+        ds.PatientID, ds.StudyDate, ds.StudyTime, ds.StudyID = "P1", "20010213", "000000", "1"
+        return ds
+
+    sr = read()
+    modifier = Dataset()
+    modifier.RelationshipType, modifier.ValueType = "HAS CONCEPT MOD", "CODE"
+    modifier.ConceptNameCodeSequence = [sr.ConceptNameCodeSequence[0]]
+    modifier.ConceptCodeSequence = [sr.ConceptNameCodeSequence[0]]
+    modifier.ContentSequence = [sr.ContentSequence[0]]  # nested content: not for a directory record
+    with_modifier = read()
+    with_modifier.SOPInstanceUID = "2.25.7"
+    with_modifier.ContentSequence = [modifier, *with_modifier.ContentSequence]
+    builder = DicomDirBuilder()
+    names = [builder.add(sr), builder.add(with_modifier)]
+    out = tmp_path / "fileset"
+    for name, ds in zip(names, (sr, with_modifier), strict=True):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(out / name)
+    with (out / "DICOMDIR").open("wb") as fh:
+        builder.write(fh, "2.25.42")
+    records = [r for r in dcmread(out / "DICOMDIR").DirectoryRecordSequence if r.DirectoryRecordType == "SR DOCUMENT"]
+    assert len(records) == 2
+    assert "ContentSequence" not in records[0]  # test-SR has no title modifier
+    assert records[0].VerificationDateTime == "20010213184746"  # VERIFIED: from its verifying observers
+    (item,) = records[1].ContentSequence
+    assert item.RelationshipType == "HAS CONCEPT MOD" and "ContentSequence" not in item
+    assert set(item.keys()) <= {0x0040A010, 0x0040A040, 0x0040A043, 0x0040A168, 0x0040A160}
+    assert len(FileSet(out / "DICOMDIR")) == 2
