@@ -12,7 +12,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from studypub.i18n import N_, pN_
-from studypub.i18n.labels import BURNED_IN_POLICIES, DEVICES, ROLES, SETTINGS
+from studypub.i18n.labels import BURNED_IN_POLICIES, BURNED_IN_TEXT_POLICIES, DEVICES, ROLES, SETTINGS
 from studypub.i18n.translator import Labels, Translator
 
 ACTORS = Labels(
@@ -159,6 +159,8 @@ def _changed(t: Translator, value: Any) -> str:
             new_text = t.gettext("default")
         elif name == "deid.burned_in_policy":
             new_text = t.label(BURNED_IN_POLICIES, str(new))
+        elif name == "deid.burned_in_text":
+            new_text = t.label(BURNED_IN_TEXT_POLICIES, str(new))
         else:
             new_text = str(new)
         shown.append(f"{t.label(SETTINGS, name)}: {new_text}")

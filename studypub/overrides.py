@@ -25,6 +25,7 @@ OVERRIDABLE: tuple[str, ...] = (
     "links.default_retention_days",
     "links.max_retention_days",
     "deid.burned_in_policy",
+    "deid.burned_in_text",
     "pacs.host",
     "pacs.port",
     "pacs.called_ae",

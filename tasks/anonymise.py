@@ -42,6 +42,7 @@ def deid_options(settings: Settings) -> DeidOptions:
         burned_in_policy=d.burned_in_policy,
         retain_patient_characteristics=d.retain_patient_characteristics,
         retain_device_identity=d.retain_device_identity,
+        burned_in_text=d.burned_in_text,
     )
 
 
@@ -113,6 +114,7 @@ def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expecte
         "withheld_reasons": dict(withheld),
         "seconds": round(seconds, 3),
         "profile_version": PROFILE_VERSION,
+        "burned_in_text": options.burned_in_text,  # stated in the archive's note
     }
 
 

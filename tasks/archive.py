@@ -131,6 +131,7 @@ def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
                 withheld=withheld,
                 withheld_reasons=clean_done.get("withheld_reasons") or {},
                 first_locale=settings.links.default_language,
+                burned_in_text=clean_done.get("burned_in_text"),
             )
             zf.writestr(NOTE_NAME, note.encode("utf-8"))
         raw.flush()

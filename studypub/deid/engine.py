@@ -44,7 +44,7 @@ from pydicom.uid import (
     UID_dictionary,
 )
 
-from studypub.deid import codec, pixels
+from studypub.deid import burned_in, codec, pixels
 from studypub.deid.errors import BurnedInPolicyError, DeidError, DeidVerificationError, UnreadableDicomError
 from studypub.deid.pixels import pixel_data_reason
 from studypub.deid.profile import (
@@ -166,6 +166,7 @@ DEID_CODES = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
     "patient": ("113108", "Retain Patient Characteristics Option"),
     "device": ("113109", "Retain Device Identity Option"),
+    "pixels": ("113101", "Clean Pixel Data Option"),
 }
 # Strings the engine writes itself: a source value contained in one of them is no evidence of a leak.
 _OWN_TEXT = "\x00".join(
@@ -393,6 +394,10 @@ class StudyAnonymiser:
         damaged = pixels.SHORT if pixels_cut else pixel_data_reason(ds, ts)
         if damaged is not None:  # whatever the burned-in policy: a viewer cannot show what is not there
             return self._outcome(ds, sop_class, self.new_uid(sop_instance), ts, 0, withheld=damaged)
+        scrubbed = burned_in.scrub(ds, ts, self.options.burned_in_text)  # OCR: text in the pixels masked
+        if scrubbed.withheld is not None:
+            return self._outcome(ds, sop_class, self.new_uid(sop_instance), ts, 0, withheld=scrubbed.withheld)
+        ts = scrubbed.transfer_syntax
         reason = burned_in_reason(ds)
         if reason is not None and self.options.burned_in_policy != "include":
             if self.options.burned_in_policy == "fail":
@@ -406,7 +411,7 @@ class StudyAnonymiser:
             st.original_uids.add(media_instance)
         encodings = codec.encodings_of(ds)
         self._clean(ds, st, 0, encodings)
-        self._stamp(ds, st)
+        self._stamp(ds, st, pixels_cleaned=scrubbed.masked)
         new_instance = _first(ds, 0x00080018)
         try:
             chunks = self._encode(ds, sop_class, new_instance, ts, encodings)
@@ -576,7 +581,7 @@ class StudyAnonymiser:
         """A pre-encoded element (cheaper than a DataElement; written byte-for-byte like the kept ones)."""
         return RawDataElement(BaseTag(tag), vr, len(payload), payload, 0, st.implicit, st.little)
 
-    def _stamp(self, ds: Dataset, st: _FileState) -> None:
+    def _stamp(self, ds: Dataset, st: _FileState, *, pixels_cleaned: bool = False) -> None:
         raw = self._raw
         ds[0x00120062] = raw(0x00120062, "CS", _encoded("CS", "YES"), st)  # Patient Identity Removed
         ds[0x00120063] = raw(0x00120063, "LO", _encoded("LO", DEID_METHOD), st)  # De-identification Method
@@ -585,6 +590,8 @@ class StudyAnonymiser:
             codes.append(DEID_CODES["patient"])
         if self.options.retain_device_identity:
             codes.append(DEID_CODES["device"])
+        if pixels_cleaned:
+            codes.append(DEID_CODES["pixels"])
         items = []
         for value, meaning in codes:
             item = Dataset()

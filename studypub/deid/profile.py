@@ -22,6 +22,7 @@ CSV_PATH = Path(__file__).with_name(f"ps3.15-{EDITION}-e1-1.csv")
 ADDITIONS_PATH = Path(__file__).with_name("studypub-additions.csv")
 
 BurnedInPolicy = Literal["withhold", "include", "fail"]
+BurnedInTextPolicy = Literal["mask", "withhold", "off"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,13 @@ class DeidOptions:
     burned_in_policy: BurnedInPolicy = "withhold"
     retain_patient_characteristics: bool = False
     retain_device_identity: bool = False
+    burned_in_text: BurnedInTextPolicy = "mask"  # text found by OCR in the pixels (studypub.deid.burned_in)
 
     def __post_init__(self) -> None:
         if self.burned_in_policy not in ("withhold", "include", "fail"):
             raise ValueError(f"burned_in_policy must be withhold, include or fail, not {self.burned_in_policy!r}")
+        if self.burned_in_text not in ("mask", "withhold", "off"):
+            raise ValueError(f"burned_in_text must be mask, withhold or off, not {self.burned_in_text!r}")
 
 
 # Retain Patient Characteristics Option (DCM 113108): the "K" entries of that column. "C" entries (history,
@@ -295,6 +299,9 @@ class Profile:
                 }
             )
         rows.extend(_beyond_table_rows(opts))
+        from studypub.deid.burned_in import describe_rows  # the OCR rules live with the OCR
+
+        rows.extend(describe_rows(opts.burned_in_text))
         return rows
 
 

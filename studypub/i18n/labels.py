@@ -105,6 +105,7 @@ SETTINGS = Labels(
         "links.default_retention_days": pN_("setting", "Default storage period (days)"),
         "links.max_retention_days": pN_("setting", "Maximum storage period (days)"),
         "deid.burned_in_policy": pN_("setting", "Images that may show identity in the pixels"),
+        "deid.burned_in_text": pN_("setting", "Text found in the images by text recognition"),
         "pacs.host": pN_("setting", "PACS host"),
         "pacs.port": pN_("setting", "PACS DICOM port"),
         "pacs.called_ae": pN_("setting", "PACS AE title"),
@@ -120,6 +121,15 @@ BURNED_IN_POLICIES = Labels(
     },
 )
 
+BURNED_IN_TEXT_POLICIES = Labels(
+    "burned_in_text",
+    {
+        "mask": pN_("burned_in_text", "black it out"),
+        "withhold": pN_("burned_in_text", "leave such images out of the archive"),
+        "off": pN_("burned_in_text", "do not look for text"),
+    },
+)
+
 # Why an instance was left out of the archive (studypub.deid reason codes).
 WITHHELD = Labels(
     "withheld",
@@ -131,6 +141,9 @@ WITHHELD = Labels(
         "pixel_data_missing_frames": pN_("withheld", "damaged image data"),
         "pixel_data_malformed": pN_("withheld", "damaged image data"),
         "pixel_data_undescribed": pN_("withheld", "damaged image data"),
+        "burned_in_text": pN_("withheld", "text found in the image"),
+        "pixel_data_undecodable": pN_("withheld", "image data that could not be checked for text"),
+        "ocr_failed": pN_("withheld", "image data that could not be checked for text"),
         "withheld": pN_("withheld", "the image may show personal data"),
     },
 )

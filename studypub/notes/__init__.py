@@ -17,9 +17,16 @@ _templates = Templates(NOTES_DIR, html=False)
 
 
 def archive_note(
-    *, instances: int, series: int, withheld: int, withheld_reasons: Mapping[str, int], first_locale: str
+    *,
+    instances: int,
+    series: int,
+    withheld: int,
+    withheld_reasons: Mapping[str, int],
+    first_locale: str,
+    burned_in_text: str | None = None,
 ) -> str:
-    """The note's text: one section per language, ``first_locale`` first."""
+    """The note's text: one section per language, ``first_locale`` first. ``burned_in_text`` is the policy
+    the anonymiser applied to text burned into the pixels (mask / withhold / off), stated when given."""
     order = [first_locale, *(locale for locale in LOCALES if locale != first_locale)]
     sections = []
     for locale in order:
@@ -34,6 +41,7 @@ def archive_note(
                 series=series,
                 withheld=withheld,
                 reasons="; ".join(reasons),
+                burned_in_text=burned_in_text,
             ).strip()
         )
     return "\n\n" + "\n\n\n".join(sections) + "\n"
