@@ -17,7 +17,7 @@ from prefect import task
 from studypub.deid.engine import PROFILE_VERSION, DeidOptions
 from studypub.deid.errors import DeidError
 from studypub.deid.pool import anonymise_one, init_worker, pool_context, warm_up
-from studypub.errors import AnonymisationFailed
+from studypub.errors import Aborted, AnonymisationFailed
 from studypub.i18n import N_
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -70,8 +70,8 @@ def anonymise_spool(settings: Settings, key: bytes, paths: WorkPaths, *, expecte
         else:
             written += 1
 
-    def wrap(exc: BaseException) -> AnonymisationFailed:
-        if isinstance(exc, AnonymisationFailed):
+    def wrap(exc: BaseException) -> AnonymisationFailed | Aborted:
+        if isinstance(exc, AnonymisationFailed | Aborted):  # Aborted: another step failed, and says why
             return exc
         if isinstance(exc, DeidError):  # its reason names tags and rules, never values
             return AnonymisationFailed(
