@@ -81,12 +81,15 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
             paths.raw,
             progress=progress,
             expected=expected,
+            stop=paths.abort_marker.exists,
         )
     else:
         registry = registry_for(settings)
         registry.register(study_uid, paths.raw, owner)
         try:
-            result = scu.move_study(settings, study_uid, progress=progress, expected=expected)
+            result = scu.move_study(
+                settings, study_uid, progress=progress, expected=expected, stop=paths.abort_marker.exists
+            )
         finally:
             registry.unregister(study_uid, owner)
     received = count_files(paths.raw)
@@ -105,6 +108,7 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
             N_("received %(received)s instances but the PACS reports sending %(sent)s", received=received, sent=sent)
         )
     if not result.ok or received < sent or (expected and received < expected):
+        check_abort(paths)  # refused because another step failed: that step's failure is the reason, not this
         status = f"0x{result.status:04X} {result.category}"
         kinds = missing_kinds(study.get("sop_classes") or [], paths.raw)
         if kinds:

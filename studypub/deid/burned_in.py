@@ -110,7 +110,7 @@ CROSS_SECTIONAL = frozenset({"CT", "MR", "PT", "NM", "OPT", "OCT"})
 MAX_SAMPLED_FRAMES = 6  # a long cine is read on this many frames spread over it (first and last included)
 UPSCALE_BELOW = 1000  # images smaller than this (longest side) are read at twice their size
 MIN_SIDE = 24  # smaller images cannot show readable text
-VERIFY_ROUNDS = 3  # mask, read again, mask what is found: at most this many times
+VERIFY_ROUNDS = 2  # mask, read again, mask what is found: at most this many times
 OCR_LANGUAGES = "eng+rus"
 OCR_TIMEOUT_SECONDS = 120.0
 # A word is text when Tesseract is confident enough for its number of letters and digits (at least N, at
@@ -269,13 +269,16 @@ def find_text(gray: np.ndarray, heights: frozenset[int] | None = None) -> list[B
     scale = 2 if max(rows, cols) < UPSCALE_BELOW else 1
     if scale > 1:  # bicubic: letters a few pixels tall come out smoother than by repeating pixels
         gray = np.asarray(Image.fromarray(gray).resize((cols * scale, rows * scale), Image.Resampling.BICUBIC))
+    if float(gray.mean()) < 128:  # a dark picture: its text is light; Tesseract reads dark text on light best
+        gray = 255 - gray
     exe = tesseract_path()
     if exe is None:
         raise DeidError("Tesseract is not installed: burned-in text cannot be looked for", code="ocr_unavailable")
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "OMP_THREAD_LIMIT": "1", "LC_ALL": "C"}
     try:
         done = subprocess.run(
-            [exe, "stdin", "stdout", "-l", OCR_LANGUAGES, "--psm", "11", "tsv"],
+            # psm 11: sparse text anywhere; no second, inverted reading (the picture is turned dark-on-light above)
+            [exe, "stdin", "stdout", "-l", OCR_LANGUAGES, "--psm", "11", "-c", "tessedit_do_invert=0", "tsv"],
             input=_pgm(gray),
             capture_output=True,
             timeout=OCR_TIMEOUT_SECONDS,
