@@ -26,6 +26,7 @@ OVERRIDABLE: tuple[str, ...] = (
     "links.max_retention_days",
     "deid.burned_in_policy",
     "deid.dates",
+    "deid.burned_in_text",
     "pacs.host",
     "pacs.port",
     "pacs.called_ae",

@@ -145,6 +145,15 @@ class DeidSettings(BaseModel):
             "withhold them from the archive (default), include them, or fail the publication."
         ),
     )
+    burned_in_text: Literal["mask", "withhold", "off"] = Field(
+        "mask",
+        description=(
+            "Text burned into the pixels of ultrasound, screen captures, endoscopy, angiography and X-ray captures "
+            "(and of any image whose header flags it), found by OCR: black it out (default; the image is then "
+            "stored uncompressed), withhold such images, or do not look (off). An image that cannot be decoded to "
+            "look is withheld."
+        ),
+    )
     retain_patient_characteristics: bool = Field(
         False, description="PS3.15 option: keep sex, age, size, weight (off by default)."
     )

@@ -17,7 +17,7 @@ from prefect import task
 from studypub.deid.engine import PROFILE_VERSION, DeidOptions
 from studypub.deid.errors import DeidError
 from studypub.deid.pool import anonymise_one, init_worker, pool_context, warm_up
-from studypub.errors import AnonymisationFailed
+from studypub.errors import Aborted, AnonymisationFailed
 from studypub.i18n import N_
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -58,6 +58,7 @@ def deid_options(settings: Settings, uid_salt: str = "") -> DeidOptions:
         retain_device_identity=d.retain_device_identity,
         dates=d.dates,
         date_shift_days=date_shift_days(settings, uid_salt) if d.dates == "shift" else 0,
+        burned_in_text=d.burned_in_text,
     )
 
 
@@ -87,8 +88,8 @@ def anonymise_spool(
         else:
             written += 1
 
-    def wrap(exc: BaseException) -> AnonymisationFailed:
-        if isinstance(exc, AnonymisationFailed):
+    def wrap(exc: BaseException) -> AnonymisationFailed | Aborted:
+        if isinstance(exc, AnonymisationFailed | Aborted):  # Aborted: another step failed, and says why
             return exc
         if isinstance(exc, DeidError):  # its reason names tags and rules, never values
             return AnonymisationFailed(
@@ -132,6 +133,7 @@ def anonymise_spool(
         "seconds": round(seconds, 3),
         "profile_version": PROFILE_VERSION,
         "dates": options.dates,
+        "burned_in_text": options.burned_in_text,  # stated in the archive's note
     }
 
 

@@ -132,6 +132,7 @@ def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
                 withheld_reasons=clean_done.get("withheld_reasons") or {},
                 first_locale=settings.links.default_language,
                 dates=str(clean_done.get("dates") or "remove"),
+                burned_in_text=clean_done.get("burned_in_text"),
             )
             zf.writestr(NOTE_NAME, note.encode("utf-8"))
         raw.flush()

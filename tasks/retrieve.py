@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from prefect import task
 from prefect.tasks import exponential_backoff
+from pydicom.filereader import read_file_meta_info as dcmread_meta
 
 from studypub.db import get_sessionmaker
 from studypub.dicom import scu
+from studypub.dicom.contexts import ACCEPTED_SOP_CLASSES, sop_class_name
 from studypub.dicom.receiver import registry_for
 from studypub.errors import IncompleteRetrieval, InsufficientDiskSpace, PublicationError
 from studypub.i18n import N_
@@ -52,6 +55,20 @@ def count_files(folder) -> int:  # type: ignore[no-untyped-def]
     return sum(1 for e in os.scandir(folder) if e.name.endswith(".dcm"))
 
 
+def missing_kinds(study_classes: list[str], folder: Path) -> list[str]:
+    """The SOP classes the PACS listed for the study of which no instance arrived (read from the file meta of
+    what did arrive; only on a failed retrieval)."""
+    received: set[str] = set()
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".dcm"):
+            try:
+                meta = dcmread_meta(entry.path)
+            except Exception:  # noqa: S112 (an unreadable file names no kind; the count already says it)
+                continue
+            received.add(str(meta.get("MediaStorageSOPClassUID", "")))
+    return [uid for uid in sorted(set(study_classes)) if uid not in received]
+
+
 def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, owner: str) -> int:  # type: ignore[no-untyped-def, type-arg]
     """Retrieve into ``paths.raw``; returns the number of instances received. Raises on partial retrieval."""
     study_uid = study["study_instance_uid"]
@@ -64,12 +81,15 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
             paths.raw,
             progress=progress,
             expected=expected,
+            stop=paths.abort_marker.exists,
         )
     else:
         registry = registry_for(settings)
         registry.register(study_uid, paths.raw, owner)
         try:
-            result = scu.move_study(settings, study_uid, progress=progress, expected=expected)
+            result = scu.move_study(
+                settings, study_uid, progress=progress, expected=expected, stop=paths.abort_marker.exists
+            )
         finally:
             registry.unregister(study_uid, owner)
     received = count_files(paths.raw)
@@ -88,6 +108,34 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
             N_("received %(received)s instances but the PACS reports sending %(sent)s", received=received, sent=sent)
         )
     if not result.ok or received < sent or (expected and received < expected):
+        check_abort(paths)  # refused because another step failed: that step's failure is the reason, not this
+        status = f"0x{result.status:04X} {result.category}"
+        kinds = missing_kinds(study.get("sop_classes") or [], paths.raw)
+        if kinds:
+            params = {
+                "received": received,
+                "expected": expected if expected is not None else "?",
+                "kinds": "; ".join(sop_class_name(uid) for uid in kinds),
+                "failed": result.failed,
+                "status": status,
+            }
+            if any(uid not in ACCEPTED_SOP_CLASSES for uid in kinds):
+                raise IncompleteRetrieval(
+                    N_(
+                        "partial retrieval: received %(received)s of %(expected)s instances; the PACS could not send "
+                        "%(kinds)s: our receiver does not accept this kind of object (%(failed)s failed, PACS status "
+                        "%(status)s)",
+                        **params,
+                    )
+                )
+            raise IncompleteRetrieval(
+                N_(
+                    "partial retrieval: received %(received)s of %(expected)s instances; the PACS could not send "
+                    "%(kinds)s, although our receiver accepts this kind of image in every transfer syntax it knows: "
+                    "the PACS's log says why (%(failed)s failed, PACS status %(status)s)",
+                    **params,
+                )
+            )
         raise IncompleteRetrieval(
             N_(
                 "partial retrieval: received %(received)s of %(expected)s instances (%(failed)s failed, PACS status "
@@ -95,7 +143,7 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
                 received=received,
                 expected=expected if expected is not None else "?",
                 failed=result.failed,
-                status=f"0x{result.status:04X} {result.category}",
+                status=status,
             )
         )
     return received

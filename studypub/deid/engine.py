@@ -46,7 +46,7 @@ from pydicom.uid import (
     UID_dictionary,
 )
 
-from studypub.deid import codec, pixels
+from studypub.deid import burned_in, codec, pixels
 from studypub.deid.codes import (
     CODE_MEANING,
     CODE_VALUE,
@@ -181,6 +181,7 @@ DEID_CODES = {
     "shift": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
     "patient": ("113108", "Retain Patient Characteristics Option"),
     "device": ("113109", "Retain Device Identity Option"),
+    "pixels": ("113101", "Clean Pixel Data Option"),
 }
 # (0028,0303) Longitudinal Temporal Information Modified, by dates option (set when a date was changed)
 LONGITUDINAL = {"remove": "REMOVED", "shift": "MODIFIED", "keep": "UNMODIFIED"}
@@ -494,6 +495,10 @@ class StudyAnonymiser:
         damaged = pixels.SHORT if pixels_cut else pixel_data_reason(ds, ts)
         if damaged is not None:  # whatever the burned-in policy: a viewer cannot show what is not there
             return self._outcome(ds, sop_class, self.new_uid(sop_instance), ts, 0, withheld=damaged)
+        scrubbed = burned_in.scrub(ds, ts, self.options.burned_in_text)  # OCR: text in the pixels masked
+        if scrubbed.withheld is not None:
+            return self._outcome(ds, sop_class, self.new_uid(sop_instance), ts, 0, withheld=scrubbed.withheld)
+        ts = scrubbed.transfer_syntax
         reason = burned_in_reason(ds)
         if reason is not None and self.options.burned_in_policy != "include":
             if self.options.burned_in_policy == "fail":
@@ -508,7 +513,7 @@ class StudyAnonymiser:
             st.original_uids.add(media_instance)
         encodings = codec.encodings_of(ds)
         self._clean(ds, st, 0, encodings)
-        self._stamp(ds, st)
+        self._stamp(ds, st, pixels_cleaned=scrubbed.masked)
         new_instance = _first(ds, 0x00080018)
         context = VerificationContext(
             original_uids=frozenset(st.original_uids - st.kept_uids),
@@ -737,7 +742,7 @@ class StudyAnonymiser:
         """A pre-encoded element (cheaper than a DataElement; written byte-for-byte like the kept ones)."""
         return RawDataElement(BaseTag(tag), vr, len(payload), payload, 0, st.implicit, st.little)
 
-    def _stamp(self, ds: Dataset, st: _FileState) -> None:
+    def _stamp(self, ds: Dataset, st: _FileState, *, pixels_cleaned: bool = False) -> None:
         raw = self._raw
         ds[0x00120062] = raw(0x00120062, "CS", _encoded("CS", "YES"), st)  # Patient Identity Removed
         ds[0x00120063] = raw(0x00120063, "LO", _encoded("LO", DEID_METHOD), st)  # De-identification Method
@@ -748,6 +753,8 @@ class StudyAnonymiser:
             codes.append(DEID_CODES["patient"])
         if self.options.retain_device_identity:
             codes.append(DEID_CODES["device"])
+        if pixels_cleaned:
+            codes.append(DEID_CODES["pixels"])
         items = []
         for value, meaning in codes:
             item = Dataset()

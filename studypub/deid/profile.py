@@ -26,6 +26,7 @@ IOD_TYPES_PATH = Path(__file__).with_name("iod-types.json")
 BurnedInPolicy = Literal["withhold", "include", "fail"]
 DatesPolicy = Literal["remove", "shift", "keep"]
 DATES_POLICIES: tuple[str, ...] = ("remove", "shift", "keep")
+BurnedInTextPolicy = Literal["mask", "withhold", "off"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class DeidOptions:
     # intervals are kept) or "keep" (... with Full Dates, DCM 113106). Birth date and time are always removed.
     dates: DatesPolicy = "remove"
     date_shift_days: int = 0
+    burned_in_text: BurnedInTextPolicy = "mask"  # text found by OCR in the pixels (studypub.deid.burned_in)
 
     def __post_init__(self) -> None:
         if self.burned_in_policy not in ("withhold", "include", "fail"):
@@ -53,6 +55,8 @@ class DeidOptions:
             raise ValueError(f"dates must be remove, shift or keep, not {self.dates!r}")
         if self.dates == "shift" and not self.date_shift_days:
             raise ValueError("dates='shift' needs a non-zero date_shift_days")
+        if self.burned_in_text not in ("mask", "withhold", "off"):
+            raise ValueError(f"burned_in_text must be mask, withhold or off, not {self.burned_in_text!r}")
 
 
 # Retain Patient Characteristics Option (DCM 113108): the "K" entries of that column. "C" entries (history,
@@ -378,6 +382,9 @@ class Profile:
                 }
             )
         rows.extend(_beyond_table_rows(opts))
+        from studypub.deid.burned_in import describe_rows  # the OCR rules live with the OCR
+
+        rows.extend(describe_rows(opts.burned_in_text))
         return rows
 
 

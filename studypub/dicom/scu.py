@@ -5,6 +5,7 @@ Status codes are mapped through ``pynetdicom.status``; nothing identifying is lo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pynetdicom.status import code_to_category
 
 from studypub.dicom.contexts import get_contexts
 from studypub.dicom.receiver import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, make_ae, write_instance
-from studypub.errors import PacsUnavailable, PublicationError
+from studypub.errors import Aborted, PacsUnavailable, PublicationError
 from studypub.i18n import N_
 from studypub.logs import get_logger
 from studypub.settings import Settings
@@ -31,6 +32,8 @@ from studypub.settings import Settings
 log = get_logger("dicom.scu")
 
 ProgressFn = Callable[[int, int | None], None]  # (completed, expected)
+StopFn = Callable[[], bool]  # True once the retrieval must stop (the publication was aborted)
+STOP_POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,51 @@ def study_sop_classes(settings: Settings, study_uid: str) -> tuple[list[str], in
         return sorted(classes), count
 
 
+@contextmanager
+def _stoppable(assoc: Association, should_stop: StopFn | None) -> Iterator[threading.Event]:
+    """While the body waits for the PACS's next response (which may take up to ``pacs.dimse_timeout``: a large
+    instance, a stalled PACS), a watcher aborts the association as soon as ``should_stop()`` says so; the
+    event it yields tells that it did."""
+    fired, done = threading.Event(), threading.Event()
+    if should_stop is None:
+        yield fired
+        return
+
+    def watch() -> None:
+        while not done.wait(STOP_POLL_SECONDS):
+            if should_stop():
+                fired.set()
+                if assoc.is_established:
+                    assoc.abort()
+                # The response loop blocks on the DIMSE message queue for up to the DIMSE timeout, and an
+                # abort puts nothing there: wake it as a lost connection does ((None, None): no response).
+                assoc.dimse.msg_queue.put((None, None))
+                return
+
+    watcher = threading.Thread(target=watch, name="retrieve-stop", daemon=True)
+    watcher.start()
+    try:
+        yield fired
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+
+
+def _consume_stoppable(
+    assoc: Association, responses, what: str, progress: ProgressFn | None, expected: int | None, stop: StopFn | None
+) -> RetrieveResult:  # type: ignore[no-untyped-def]
+    with _stoppable(assoc, stop) as fired:
+        try:
+            result = _consume(responses, what, progress, expected)
+        except PacsUnavailable:
+            if fired.is_set():
+                raise Aborted(N_("stopped because another step of this publication failed")) from None
+            raise
+    if fired.is_set():
+        raise Aborted(N_("stopped because another step of this publication failed"))
+    return result
+
+
 def _retrieve_identifier(study_uid: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -227,9 +275,15 @@ def _consume(responses, what: str, progress: ProgressFn | None, expected: int | 
 
 
 def move_study(
-    settings: Settings, study_uid: str, *, progress: ProgressFn | None = None, expected: int | None = None
+    settings: Settings,
+    study_uid: str,
+    *,
+    progress: ProgressFn | None = None,
+    expected: int | None = None,
+    stop: StopFn | None = None,
 ) -> RetrieveResult:
-    """C-MOVE the study to our own AE (the Storage SCP must be listening and the study registered)."""
+    """C-MOVE the study to our own AE (the Storage SCP must be listening and the study registered). Once
+    ``stop()`` is true the association is aborted and :class:`Aborted` raised, within a fraction of a second."""
     from pynetdicom import build_context
 
     with associate(settings, [build_context(StudyRootQueryRetrieveInformationModelMove)]) as assoc:
@@ -238,7 +292,7 @@ def move_study(
             settings.pacs.calling_ae,
             StudyRootQueryRetrieveInformationModelMove,
         )
-        return _consume(responses, "C-MOVE", progress, expected)
+        return _consume_stoppable(assoc, responses, "C-MOVE", progress, expected, stop)
 
 
 def get_study(
@@ -249,8 +303,10 @@ def get_study(
     *,
     progress: ProgressFn | None = None,
     expected: int | None = None,
+    stop: StopFn | None = None,
 ) -> RetrieveResult:
-    """C-GET the study on one association; instances arrive on it and are written into ``dest_dir``."""
+    """C-GET the study on one association; instances arrive on it and are written into ``dest_dir``. Stops
+    like :func:`move_study`."""
     secret = settings.secret_bytes()
     dest_dir.mkdir(parents=True, exist_ok=True)
 
@@ -265,4 +321,4 @@ def get_study(
     contexts, roles = get_contexts(sop_classes)
     with associate(settings, contexts, roles=roles, handlers=[(evt.EVT_C_STORE, handle_store)]) as assoc:
         responses = assoc.send_c_get(_retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet)
-        return _consume(responses, "C-GET", progress, expected)
+        return _consume_stoppable(assoc, responses, "C-GET", progress, expected, stop)

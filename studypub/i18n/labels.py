@@ -106,6 +106,7 @@ SETTINGS = Labels(
         "links.max_retention_days": pN_("setting", "Maximum storage period (days)"),
         "deid.burned_in_policy": pN_("setting", "Images that may show identity in the pixels"),
         "deid.dates": pN_("setting", "Dates in the images"),
+        "deid.burned_in_text": pN_("setting", "Text found in the images by text recognition"),
         "pacs.host": pN_("setting", "PACS host"),
         "pacs.port": pN_("setting", "PACS DICOM port"),
         "pacs.called_ae": pN_("setting", "PACS AE title"),
@@ -130,8 +131,21 @@ DATES_POLICIES = Labels(
     },
 )
 
+BURNED_IN_TEXT_POLICIES = Labels(
+    "burned_in_text",
+    {
+        "mask": pN_("burned_in_text", "black it out"),
+        "withhold": pN_("burned_in_text", "leave such images out of the archive"),
+        "off": pN_("burned_in_text", "do not look for text"),
+    },
+)
+
 # Settings chosen from a list: the setting -> the names of its choices.
-CHOICES = {"deid.burned_in_policy": BURNED_IN_POLICIES, "deid.dates": DATES_POLICIES}
+CHOICES = {
+    "deid.burned_in_policy": BURNED_IN_POLICIES,
+    "deid.burned_in_text": BURNED_IN_TEXT_POLICIES,
+    "deid.dates": DATES_POLICIES,
+}
 
 # Why an instance was left out of the archive (studypub.deid reason codes).
 WITHHELD = Labels(
@@ -145,6 +159,9 @@ WITHHELD = Labels(
         "pixel_data_malformed": pN_("withheld", "damaged image data"),
         "pixel_data_undescribed": pN_("withheld", "damaged image data"),
         "identity_in_required_value": pN_("withheld", "personal data inside a technical value the image needs"),
+        "burned_in_text": pN_("withheld", "text found in the image"),
+        "pixel_data_undecodable": pN_("withheld", "image data that could not be checked for text"),
+        "ocr_failed": pN_("withheld", "image data that could not be checked for text"),
         "withheld": pN_("withheld", "the image may show personal data"),
     },
 )

@@ -24,9 +24,11 @@ def archive_note(
     withheld_reasons: Mapping[str, int],
     first_locale: str,
     dates: str = "remove",
+    burned_in_text: str | None = None,
 ) -> str:
-    """The note's text: one section per language, ``first_locale`` first. `dates`: the dates option the
-    anonymiser applied (remove, shift or keep), which the note states."""
+    """The note's text: one section per language, ``first_locale`` first. ``dates``: the dates option the
+    anonymiser applied (remove, shift or keep); ``burned_in_text``: the policy it applied to text burned into the
+    pixels (mask / withhold / off), stated when given."""
     order = [first_locale, *(locale for locale in LOCALES if locale != first_locale)]
     sections = []
     for locale in order:
@@ -42,6 +44,7 @@ def archive_note(
                 withheld=withheld,
                 reasons="; ".join(reasons),
                 dates=dates,
+                burned_in_text=burned_in_text,
             ).strip()
         )
     return "\n\n" + "\n\n\n".join(sections) + "\n"
