@@ -272,9 +272,12 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait(10)
     deadline = time.monotonic() + 5  # members of the group that outlive its leader (pool processes...)
-    while _signal_group(proc.pid, 0) and time.monotonic() < deadline:
+    left = _signal_group(proc.pid, 0)
+    while left and time.monotonic() < deadline:
         time.sleep(0.1)
-    _signal_group(proc.pid, signal.SIGKILL)
+        left = _signal_group(proc.pid, 0)
+    if left:
+        _signal_group(proc.pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,32 @@ def test_the_demo_curl_matches_its_study() -> None:
     assert spec.modality == "CT" and '"service_title": "КТ органов' in text
     assert f'"accession_number": "{spec.accession_number}"' in text
     assert '"study_date": "2025-02-01T16:18:02+03:00"' in text
+
+
+def test_stopping_a_child_stops_its_whole_process_group() -> None:
+    import os
+    import subprocess
+    import time
+
+    from deployments.run import stop_process
+
+    # A child whose own child would outlive it if only the child were signalled.
+    proc = subprocess.Popen(
+        ["bash", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    grandchild = int(proc.stdout.readline())
+    stop_process(proc, 5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+            state = Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        if state == "Z":
+            break  # dead, waiting for its (init) parent to reap it
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the grandchild outlived stop_process")
+    assert proc.returncode is not None
