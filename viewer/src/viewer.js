@@ -199,7 +199,7 @@ element.addEventListener('pointermove', (event) => {
   if (state.mode === 'scroll') {
     const moved = Math.abs(dy) >= Math.abs(dx) ? dy : dx;
     const step = Math.max(4, Math.min(30, element.clientHeight / Math.max(1, state.count)));
-    go(drag.index + Math.round(moved / step));
+    go(drag.index - Math.round(moved / step)); // a swipe up (or left) goes forward, as pages do
   } else if (drag.voi) {
     const [lower, upper] = drag.voi;
     const width = Math.max(1, upper - lower + dx * 4);
