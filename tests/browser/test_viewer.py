@@ -80,6 +80,10 @@ def wait_state(page: Any, expression: str, timeout: float = 30) -> Any:
     return page.evaluate("window.__viewer")
 
 
+def key_absent(log: str, keys: Any) -> bool:
+    return not any(key in log for key in keys)
+
+
 def publish(env: dict[str, str], orthanc: OrthancServer, study: GeneratedStudy) -> dict[str, Any]:
     orthanc.upload(study.paths)
     code, result, stderr = run_publish(env, study)
@@ -88,7 +92,7 @@ def publish(env: dict[str, str], orthanc: OrthancServer, study: GeneratedStudy) 
 
 
 def test_phone_viewer_and_ohif(
-    orthanc_env: dict[str, str],
+    orthanc_env: dict[str, str],  # noqa: F811 (the e2e module's fixture)
     orthanc: OrthancServer,
     s3_server: Any,
     s3_bucket: str,
@@ -214,11 +218,24 @@ def test_phone_viewer_and_ohif(
     finally:
         desk.close()
 
-    # Revoked: the viewer, both manifests and an instance answer 410.
+    # Caching and hygiene; then revoked: the viewer, both manifests and an instance answer 410.
     with httpx.Client(base_url=api.base_url, timeout=30) as http:
+        manifest = http.get(f"/s/{keys['ct']}/view/manifest.json")
+        assert manifest.status_code == 200 and manifest.headers["cache-control"] == "no-store"
+        assert manifest.headers["referrer-policy"] == "no-referrer" and "noindex" in manifest.headers["x-robots-tag"]
+        ohif_study = manifest.json()["studies"][0]
+        assert ohif_study["NumInstances"] == published["ct"]["instances"] == 16
+        assert all(i["url"].startswith("dicomweb:http") for s in ohif_study["series"] for i in s["instances"])
         study_json = http.get(f"/s/{keys['ct']}/view/study.json").json()
         instance_url = study_json["series"][0]["instances"][0]["url"]
-        assert http.get(instance_url).status_code == 200
+        instance = http.get(instance_url)
+        assert instance.status_code == 200 and instance.headers["content-type"] == "application/dicom"
+        assert instance.content[128:132] == b"DICM"
+        cache = instance.headers["cache-control"]
+        assert cache.startswith("private, max-age=") and 0 < int(cache.split("=")[1].split(",")[0]) <= 3600, cache
+        tampered = instance_url.replace("/i/0?", "/i/1?")
+        assert http.get(tampered).status_code == 403  # a signature is for one instance only
+        assert key_absent(api.log_text(), keys.values())
         subprocess.run(
             [str(STUDYPUB), "revoke", published["ct"]["task_id"]], env=env, check=True, capture_output=True, timeout=120
         )
