@@ -48,16 +48,18 @@ def test_every_indexed_entry_reads_back_exactly(tmp_path: Path) -> None:
     storage = LocalStorage(url=f"file://{tmp_path}", root=tmp_path)
     blobs = [_instance(n) for n in range(1, 6)]
     entries = []
-    with (tmp_path / "a.zip").open("wb") as raw:
-        with zipfile.ZipFile(AppendOnlyWriter(raw), "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for n, blob in enumerate(blobs):
-                method = zipfile.ZIP_STORED if n == 2 else zipfile.ZIP_DEFLATED
-                info = zipfile.ZipInfo(f"PT000000/ST000000/SE000000/IM{n:06d}")
-                info.compress_type = method
-                with zf.open(info, "w", force_zip64=(n == 3)) as fout:
-                    fout.write(blob)
-                entries.append(Entry.from_zipinfo(zf.filelist[-1]))
-            zf.writestr("README.txt", b"note")
+    with (
+        (tmp_path / "a.zip").open("wb") as raw,
+        zipfile.ZipFile(AppendOnlyWriter(raw), "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
+    ):
+        for n, blob in enumerate(blobs):
+            method = zipfile.ZIP_STORED if n == 2 else zipfile.ZIP_DEFLATED
+            info = zipfile.ZipInfo(f"PT000000/ST000000/SE000000/IM{n:06d}")
+            info.compress_type = method
+            with zf.open(info, "w", force_zip64=(n == 3)) as fout:
+                fout.write(blob)
+            entries.append(Entry.from_zipinfo(zf.filelist[-1]))
+        zf.writestr("README.txt", b"note")
     for blob, entry in zip(blobs, entries, strict=True):
         assert Entry.from_list(entry.to_list()) == entry
         assert read_entry(storage, "a.zip", entry) == blob
