@@ -257,6 +257,7 @@ def viewer_page(key: str, request: Request, session: SessionDep, settings: Setti
             link_url=request.url_for("link_page", key=key).path,
             download_url=request.url_for("link_download", key=key).path,
             desk_url=ohif_url(request, key) if desk and ui != "phone" else "",
+            full_viewer_url=f"{request.url_for('viewer_page', key=key).path}?ui=desk" if desk else "",
             phone_css=f"{PHONE_PREFIX}/viewer.css",
             phone_js=f"{PHONE_PREFIX}/viewer.js",
             choose_js=f"{PHONE_PREFIX}/choose.js",

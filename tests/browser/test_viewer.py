@@ -218,6 +218,22 @@ def test_phone_viewer_and_ohif(
     finally:
         desk.close()
 
+    # Opening the viewer was audited and counted like a download.
+    from sqlalchemy import select
+
+    from studypub.db import get_sessionmaker
+    from studypub.models import AuditEvent, PublishedStudy
+    from studypub.settings import get_settings
+
+    with get_sessionmaker(get_settings())() as session:
+        ct_task = published["ct"]["task_id"]
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.task_id == ct_task, AuditEvent.action == "link.viewed_in_browser")
+        ).all()
+        assert len(events) >= 3 and all(e.details["key"] == keys["ct"][:6] for e in events)
+        downloads = session.scalar(select(PublishedStudy.downloads).where(PublishedStudy.task_id == ct_task))
+        assert downloads == len(events)
+
     # Caching and hygiene; then revoked: the viewer, both manifests and an instance answer 410.
     with httpx.Client(base_url=api.base_url, timeout=30) as http:
         manifest = http.get(f"/s/{keys['ct']}/view/manifest.json")
