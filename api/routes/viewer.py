@@ -40,6 +40,7 @@ from api.routes.links import (
     _client,
     _facts,
     _gone,
+    _message_page,
     _not_found,
     _page,
     _safely,
@@ -430,14 +431,14 @@ def _cache_seconds(link: Link, expires: int) -> int:
 def viewer_instance(key: str, n: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """One instance (application/dicom), read out of the archive. A bad or expired signature: 403."""
     try:
-        if (retry := _budget(request).hit(key)) is not None:
-            return _with(Response(status_code=429, headers={"Retry-After": str(retry)}), {})
         link, answer = _ready_link(request, session, key)
         if link is None:
             assert answer is not None
-            if answer.status_code == 303:  # a republication is being prepared: nothing to show now
-                return _gone(request)
+            if answer.status_code == 303:  # published again, the new archive on its way: not now
+                return _message_page(request, 503, "unavailable", headers={"Retry-After": "60"})
             return answer
+        if (retry := _budget(request).hit(key)) is not None:
+            return _with(Response(status_code=429, headers={"Retry-After": str(retry)}), {})
         object_key = link.object_key or ""
         expires, signature = request.query_params.get("e", ""), request.query_params.get("s", "")
         if not n.isdigit() or not verify(settings.secret_bytes(), object_key, int(n), expires, signature):
