@@ -53,7 +53,8 @@ from studypub.links import Link, LinkState, find_link, record_download
 from studypub.logs import details, get_logger
 from studypub.models import utcnow
 from studypub.settings import Settings
-from studypub.viewer.access import EntryUnreadable, expiry, read_entry, sign, verify
+from studypub.storage import LocalStorage
+from studypub.viewer.access import BlockCache, EntryUnreadable, expiry, read_entry, sign, verify
 from studypub.viewer.index import STUDY_KEYWORDS, Entry, load_index
 
 log = get_logger("viewer")
@@ -169,6 +170,22 @@ def _budget(request: Request) -> LinkBudget:
             if budget is None:
                 budget = state.viewer_budget = LinkBudget(state.settings.links.viewer_rate_limit)
     return budget  # type: ignore[no-any-return]
+
+
+_reader_lock = threading.Lock()
+
+
+def _reader(request: Request, settings: Settings) -> Any:
+    """Local files are read directly; S3 through a block cache (one per app instance, ~64 MiB at most)."""
+    storage = _storage(request, settings)
+    if isinstance(storage, LocalStorage):
+        return storage
+    state = request.app.state
+    with _reader_lock:
+        reader = getattr(state, "viewer_reader", None)
+        if reader is None:
+            reader = state.viewer_reader = BlockCache(storage)
+    return reader
 
 
 # Routes -------------------------------------------------------------------------------------------------------
@@ -450,7 +467,7 @@ def viewer_instance(key: str, n: str, request: Request, session: SessionDep, set
         entry = Entry.from_list(items[int(n)]["zip"])
         session.close()  # storage may take a moment: no database connection held meanwhile
         try:
-            body = read_entry(_storage(request, settings), object_key, entry)
+            body = read_entry(_reader(request, settings), object_key, entry)
         except FileNotFoundError:
             return _gone(request)
         except EntryUnreadable as exc:

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from studypub.storage import LocalStorage
-from studypub.viewer.access import EntryUnreadable, expiry, read_entry, sign, verify
+from studypub.viewer.access import BlockCache, EntryUnreadable, expiry, read_entry, sign, verify
 from studypub.viewer.index import Entry, instance_metadata
 from tasks.archive import AppendOnlyWriter
 
@@ -89,3 +89,25 @@ def test_signatures_bind_archive_position_and_expiry() -> None:
     assert not verify(b"t" * 32, "archives/a.zip", 4, str(expires), signature, now=1_000_100)
     assert not verify(secret, "archives/a.zip", 4, str(expires), signature, now=expires + 1)  # expired
     assert not verify(secret, "archives/a.zip", 4, "soon", signature, now=1_000_100)
+
+
+class _CountingStorage:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads = 0
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        self.reads += 1
+        return self.data[start : start + length]
+
+
+def test_block_cache_reads_any_range_with_few_storage_reads() -> None:
+    data = os.urandom(10_000)
+    storage = _CountingStorage(data)
+    cache = BlockCache(storage, block_size=1024, capacity=4)
+    for start, length in [(0, 10), (1000, 100), (1023, 2), (2047, 3000), (9990, 100), (5000, 0 + 1)]:
+        assert cache.read_range("k", start, length) == data[start : start + length]
+    reads = storage.reads
+    assert cache.read_range("k", 9300, 500) == data[9300:9800]  # block 9: cached
+    assert storage.reads == reads
+    assert reads <= 10  # one read per distinct block, not per request
