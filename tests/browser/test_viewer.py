@@ -116,7 +116,11 @@ def test_phone_viewer_and_ohif(
         ),
         "us": study_factory(
             modality="US",
-            series=[SeriesSpec(images=1, rows=160, cols=200, frames=12, color=True, transfer_syntax="rle")],
+            series=[
+                SeriesSpec(images=1, rows=160, cols=200, frames=12, color=True, transfer_syntax="rle"),
+                SeriesSpec(images=2, rows=160, cols=200, color=True, transfer_syntax="jpeg-baseline"),
+                SeriesSpec(images=2, rows=96, cols=96, modality="OT", transfer_syntax="deflated"),
+            ],
         ),
         "j2k": study_factory(
             modality="CT",
@@ -178,6 +182,13 @@ def test_phone_viewer_and_ohif(
             assert state["voi"] != voi_preset, (name, state)
             page.screenshot(path=str(ARTIFACTS / f"viewer-phone-{name}-contrast.png"))
             page.click("#v-mode-scroll")
+
+            # Every series of the study shows (each transfer syntax decodes), then back to the first.
+            strip = page.locator("#v-strip button")
+            for position in range(strip.count() - 1, -1, -1):
+                strip.nth(position).click()
+                state = wait_state(page, f"window.__viewer.series === {position} && window.__viewer.ready")
+                assert state["failed"] == 0 and pixel_spread(viewport.screenshot()) > 5, (name, position, state)
 
             if name == "us":  # cine
                 assert page.locator("#v-play").is_visible()

@@ -52,6 +52,19 @@ def _published(count: int = 4) -> tuple[Any, list[bytes]]:
     return seeded, blobs
 
 
+def test_without_the_viewer_installed_links_offer_the_download_only(api_server: Any, tmp_path: Path) -> None:
+    migrate()
+    seeded, _blobs = _published(2)
+    empty = tmp_path / "no-assets"
+    empty.mkdir()
+    api = api_server(STUDYPUB_API__VIEWER_ASSETS_DIR=str(empty))
+    with api.client() as http:
+        page = http.get(f"/s/{seeded.link_key}")
+        assert page.status_code == 200 and 'id="download"' in page.text and 'id="view"' not in page.text
+        assert http.get(f"/s/{seeded.link_key}/view").status_code == 404
+    assert "No in-browser viewer installed" in api.log_text()
+
+
 def test_viewer_routes_serve_the_archive_and_obey_the_link(api_server: Any, tmp_path: Path) -> None:
     migrate()
     seeded, blobs = _published()
