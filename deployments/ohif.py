@@ -13,6 +13,7 @@ are rewritten here, once; the router's base is the config's ``routerBasename``.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import re
 import shutil
@@ -81,6 +82,8 @@ def install(target: Path) -> None:
                 if name == "index.html":
                     data = _rewrite_index(data.decode()).encode()
                 dest.write_bytes(data)
+                if name.endswith((".js", ".css", ".wasm")) and len(data) > 1024:  # served to gzip-taking browsers
+                    dest.with_name(dest.name + ".gz").write_bytes(gzip.compress(data, compresslevel=6, mtime=0))
         shutil.copyfile(CONFIG, staging / "app-config.js")
         (staging / STAMP).write_text(f"{VERSION} {_config_hash()}\n")
         if target.exists():

@@ -2,7 +2,8 @@
 // transfer syntaxes the Storage SCP accepts) and the stylesheet. Only what is served ends up in dist/phone.
 // Run by deployments/setup.sh after `npm ci` (pinned by package-lock.json); nothing is fetched at run time.
 import { build } from 'esbuild';
-import { copyFileSync, mkdirSync, rmSync, readdirSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, rmSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -60,6 +61,11 @@ const wasm = {
 };
 for (const [from, to] of Object.entries(wasm)) copyFileSync(join(modules, from), join(out, to));
 copyFileSync(join(here, 'src', 'viewer.css'), join(out, 'viewer.css'));
+
+// gzip twins, served to browsers that take gzip (the API picks them; nginx compresses on its own too).
+for (const name of readdirSync(out)) {
+  if (/\.(js|css|wasm)$/.test(name)) writeFileSync(join(out, `${name}.gz`), gzipSync(readFileSync(join(out, name)), { level: 9 }));
+}
 
 let total = 0;
 for (const name of readdirSync(out)) total += statSync(join(out, name)).size;

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import math
 import struct
 import threading
@@ -144,3 +145,24 @@ def read_entry(storage: Any, object_key: str, entry: Entry) -> bytes:
     if len(plain) != entry.size:
         raise EntryUnreadable("entry size differs from the index")
     return plain
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def for_browser(body: bytes) -> bytes:
+    """The instance as the browser's decoder takes it. A deflated dataset is served inflated (explicit VR
+    little endian, the same attributes and pixels): cornerstone's loader inflates the dataset, then tries to
+    inflate the pixel data a second time under the same transfer syntax and fails. Other files as stored."""
+    if DEFLATED.encode() not in body[:512]:
+        return body
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = dcmread(io.BytesIO(body))
+    if str(ds.file_meta.TransferSyntaxUID) != DEFLATED:
+        return body
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

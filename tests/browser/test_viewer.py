@@ -253,6 +253,9 @@ def test_phone_viewer_and_ohif(
         ohif_study = manifest.json()["studies"][0]
         assert ohif_study["NumInstances"] == published["ct"]["instances"] == 16
         assert all(i["url"].startswith("dicomweb:http") for s in ohif_study["series"] for i in s["instances"])
+        for asset in ("/viewer/viewer.js", "/viewer/openjpegwasm_decode.wasm"):
+            packed = http.get(asset, headers={"Accept-Encoding": "gzip"})
+            assert packed.headers["content-encoding"] == "gzip" and len(packed.content) > 1000, asset
         study_json = http.get(f"/s/{keys['ct']}/view/study.json").json()
         instance_url = study_json["series"][0]["instances"][0]["url"]
         instance = http.get(instance_url)

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from studypub.storage import LocalStorage
-from studypub.viewer.access import BlockCache, EntryUnreadable, expiry, read_entry, sign, verify
+from studypub.viewer.access import BlockCache, EntryUnreadable, expiry, for_browser, read_entry, sign, verify
 from studypub.viewer.index import Entry, instance_metadata
 from tasks.archive import AppendOnlyWriter
 
@@ -111,3 +111,15 @@ def test_block_cache_reads_any_range_with_few_storage_reads() -> None:
     assert cache.read_range("k", 9300, 500) == data[9300:9800]  # block 9: cached
     assert storage.reads == reads
     assert reads <= 10  # one read per distinct block, not per request
+
+
+def test_a_deflated_instance_is_served_inflated_with_the_same_content() -> None:
+    ds = dcmread(io.BytesIO(_instance(2)))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    packed = io.BytesIO()
+    ds.save_as(packed, enforce_file_format=True)
+    served = dcmread(io.BytesIO(for_browser(packed.getvalue())))
+    assert served.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert served.PixelData == ds.PixelData and served.SOPInstanceUID == ds.SOPInstanceUID
+    plain = _instance(3)
+    assert for_browser(plain) is plain
