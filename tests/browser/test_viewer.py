@@ -263,7 +263,9 @@ def test_phone_viewer_and_ohif(
         assert instance.content[128:132] == b"DICM"
         cache = instance.headers["cache-control"]
         assert cache.startswith("private, max-age=") and 0 < int(cache.split("=")[1].split(",")[0]) <= 3600, cache
-        tampered = instance_url.replace("/i/0?", "/i/1?")
+        position = int(instance_url.split("/i/")[1].split("?")[0])
+        tampered = instance_url.replace(f"/i/{position}?", f"/i/{position + 1}?")
+        assert tampered != instance_url
         assert http.get(tampered).status_code == 403  # a signature is for one instance only
         assert key_absent(api.log_text(), keys.values())
         subprocess.run(
