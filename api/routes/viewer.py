@@ -54,7 +54,17 @@ from studypub.logs import details, get_logger
 from studypub.models import utcnow
 from studypub.settings import Settings
 from studypub.storage import LocalStorage
-from studypub.viewer.access import BlockCache, EntryUnreadable, expiry, for_browser, read_entry, sign, verify
+from studypub.viewer.access import (
+    DEFLATED,
+    BlockCache,
+    EntryUnreadable,
+    expiry,
+    for_browser,
+    read_entry,
+    read_stored,
+    sign,
+    verify,
+)
 from studypub.viewer.index import STUDY_KEYWORDS, Entry, load_index
 
 log = get_logger("viewer")
@@ -466,8 +476,15 @@ def viewer_instance(key: str, n: str, request: Request, session: SessionDep, set
             return _not_found(request)
         entry = Entry.from_list(items[int(n)]["zip"])
         session.close()  # storage may take a moment: no database connection held meanwhile
+        deflated = items[int(n)]["meta"].get("TransferSyntaxUID") == DEFLATED
+        passthrough = entry.method == 8 and not deflated and "deflate" in request.headers.get("accept-encoding", "")
+        encoding: dict[str, str] = {}
         try:
-            body = for_browser(read_entry(_reader(request, settings), object_key, entry))
+            if passthrough:  # the archive's deflate stream as it is: the browser inflates it
+                body = read_stored(_reader(request, settings), object_key, entry)
+                encoding = {"Content-Encoding": "deflate", "Vary": "Accept-Encoding"}
+            else:
+                body = for_browser(read_entry(_reader(request, settings), object_key, entry))
         except FileNotFoundError:
             return _gone(request)
         except EntryUnreadable as exc:
@@ -475,7 +492,7 @@ def viewer_instance(key: str, n: str, request: Request, session: SessionDep, set
             return _not_found(request)
         age = _cache_seconds(link, int(expires))
         return _with(
-            Response(body, media_type="application/dicom"),
+            Response(body, media_type="application/dicom", headers=encoding),
             {"Cache-Control": f"private, max-age={age}, immutable" if age > 0 else "no-store"},
         )
     finally:

@@ -119,6 +119,21 @@ class EntryUnreadable(Exception):
 
 def read_entry(storage: Any, object_key: str, entry: Entry) -> bytes:
     """The instance's bytes (a DICOM Part 10 file) from the archive at ``object_key``."""
+    data = read_stored(storage, object_key, entry)
+    if entry.method == 0:
+        plain = data
+    elif entry.method == 8:
+        plain = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+    else:
+        raise EntryUnreadable(f"compression method {entry.method}")
+    if len(plain) != entry.size:
+        raise EntryUnreadable("entry size differs from the index")
+    return plain
+
+
+def read_stored(storage: Any, object_key: str, entry: Entry) -> bytes:
+    """The entry's data as stored in the ZIP (a raw deflate stream for a deflated entry). A browser that
+    takes ``Content-Encoding: deflate`` can be sent it as it is: no inflating here, and ~half the bytes."""
     start = entry.offset
     length = LOCAL_HEADER.size + entry.name_length + EXTRA_ALLOWANCE + entry.compressed
     try:
@@ -136,15 +151,9 @@ def read_entry(storage: Any, object_key: str, entry: Entry) -> bytes:
         raise StorageUnavailable(N_("Storage is unreachable: %(error)s", error=type(exc).__name__)) from exc
     except struct.error as exc:
         raise EntryUnreadable("short read at the indexed offset") from exc
-    if entry.method == 0:
-        plain = data
-    elif entry.method == 8:
-        plain = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
-    else:
-        raise EntryUnreadable(f"compression method {entry.method}")
-    if len(plain) != entry.size:
-        raise EntryUnreadable("entry size differs from the index")
-    return plain
+    if len(data) != entry.compressed:
+        raise EntryUnreadable("entry shorter than the index says")
+    return data
 
 
 DEFLATED = "1.2.840.10008.1.2.1.99"

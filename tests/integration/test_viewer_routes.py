@@ -100,11 +100,14 @@ def test_viewer_routes_serve_the_archive_and_obey_the_link(api_server: Any, tmp_
         for url, blob in zip(urls, blobs, strict=True):
             answer = http.get(url)
             assert answer.status_code == 200 and answer.content == blob
+            assert answer.headers["content-encoding"] == "deflate"  # the archive's own stream, inflated by the client
             assert answer.headers["cache-control"].startswith("private, max-age=")
+        plain = http.get(urls[0], headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers and plain.content == blobs[0]
         assert http.get(urls[0].replace("s=", "s=x")).status_code == 403
         assert http.get(urls[0].split("?")[0]).status_code == 403
 
-        # The per-link budget (12 a minute here): 4 + 2 refused-signature requests used, then 429.
+        # The per-link budget (12 a minute here): 4 + 1 plain + 2 refused-signature requests used, then 429.
         codes = [http.get(urls[1]).status_code for _ in range(8)]
         assert codes.count(429) >= 1 and codes[0] == 200, codes
 
