@@ -45,6 +45,7 @@ ACTIONS = Labels(
         "publication.identifiers_erased": pN_("audit", "Patient identifiers erased"),
         "link.viewed": pN_("audit", "Link page opened"),
         "link.downloaded": pN_("audit", "Study downloaded"),
+        "link.viewed_in_browser": pN_("audit", "Study viewed in the browser"),
         "user.signed_in": pN_("audit", "Signed in"),
         "user.signed_out": pN_("audit", "Signed out"),
         "user.created": pN_("audit", "User added"),

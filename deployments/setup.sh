@@ -19,6 +19,8 @@ command -v getscu >/dev/null 2>&1 || need_pkgs+=(dcmtk)
 { command -v tesseract && ls /usr/share/tesseract-ocr/*/tessdata/rus.traineddata; } >/dev/null 2>&1 \
   || need_pkgs+=(tesseract-ocr tesseract-ocr-eng tesseract-ocr-rus)
 "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# The in-browser viewers are built from the npm registry at set-up (Node and npm; nothing at run time).
+command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
 if [ "$mode" = test ]; then
   command -v pg_ctlcluster >/dev/null 2>&1 || need_pkgs+=(postgresql)
   # The browser tests drive Debian's Chromium through Playwright (no browser download).
@@ -68,4 +70,19 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".$extras" >&2
   touch "$stamp"
   if [ "$mode" = test ]; then touch "$VENV/.installed-run"; fi  # the test install is a superset
+fi
+
+# The in-browser viewers: the touch viewer (cornerstone3D, bundled with esbuild; versions pinned by
+# viewer/package-lock.json) and OHIF (the prebuilt @ohif/app, integrity-checked, moved under /ohif/).
+# Without them the service still runs and its link pages offer the download only (the API says so at start).
+viewer_stamp="viewer/dist/.built"
+if [ ! -f "$viewer_stamp" ] || [ -n "$(find viewer/package-lock.json viewer/build.mjs viewer/src viewer/ohif-config.js \
+     deployments/ohif.py -newer "$viewer_stamp" 2>/dev/null | head -n1)" ]; then
+  if (cd viewer && npm ci --no-audit --no-fund --loglevel=error && node build.mjs) >&2 \
+     && "$VENV/bin/python" -m deployments.ohif viewer/dist/ohif >&2; then
+    rm -rf viewer/node_modules/.cache
+    touch "$viewer_stamp"
+  else
+    echo "setup: the in-browser viewers could not be built (npm registry unreachable?): links will offer the download only" >&2
+  fi
 fi

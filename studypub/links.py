@@ -240,9 +240,18 @@ def record_view(session: Session, link: Link, client: Client) -> None:
     session.commit()
 
 
-def record_download(session: Session, link: Link, client: Client, *, via: str, now: datetime | None = None) -> bool:
+def record_download(
+    session: Session,
+    link: Link,
+    client: Client,
+    *,
+    via: str,
+    now: datetime | None = None,
+    action: str = "link.downloaded",
+) -> bool:
     """Count a download (one atomic UPDATE) and audit it. False when the publication was deleted in the
-    meantime: nothing is counted and the caller answers 410."""
+    meantime: nothing is counted and the caller answers 410. Opening the in-browser viewer counts the same,
+    audited as ``link.viewed_in_browser``."""
     if link.state is not LinkState.READY or link.task_id is None:
         return False
     now = now or utcnow()
@@ -255,6 +264,6 @@ def record_download(session: Session, link: Link, client: Client, *, via: str, n
     if not getattr(result, "rowcount", 0):
         session.rollback()
         return False
-    _audit(session, link, "link.downloaded", client, via=via)
+    _audit(session, link, action, client, via=via)
     session.commit()
     return True

@@ -300,3 +300,15 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     task_id: Mapped[str | None] = mapped_column(String(36), index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ViewerIndex(Base):
+    """Where each anonymised instance of an archive lies inside it, with what a viewer needs to know about
+    it (studypub.viewer). One row per archive object, written with the archive; gone with it."""
+
+    __tablename__ = "viewer_indexes"
+
+    object_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -33,6 +33,7 @@ from studypub.models import (
     utcnow,
 )
 from studypub.settings import Settings
+from studypub.viewer.index import forget_task_indexes
 
 MAX_IDENTIFIER_LENGTH = 64
 
@@ -874,6 +875,7 @@ def finish_deletion(session: Session, storage: Any, task_id: str, *, actor: str,
         .values(deleted_at=now)
         .execution_options(synchronize_session=False)
     )
+    forget_task_indexes(session, task_id)  # the viewer's positions in the deleted archives
     audit(session, actor=actor, action=action, task=task)
     session.commit()
     return True

@@ -109,6 +109,19 @@ class LinkSettings(BaseModel):
     rate_limit: str = Field(
         "60/minute", description="Requests to link pages and downloads allowed per client address (limits syntax)."
     )
+    viewer_rate_limit: str = Field(
+        "3000/10 minutes",
+        description=(
+            "Image requests of the in-browser viewer allowed per link (limits syntax), apart from rate_limit: "
+            "a 500-image CT opened a few times fits."
+        ),
+    )
+    viewer_url_seconds: int = Field(
+        600,
+        ge=60,
+        le=3600,
+        description="Life of the signed image URLs the viewer is handed (seconds); every request also checks the link.",
+    )
     time_zone: str = Field(
         "Europe/Moscow", description="IANA time zone dates are shown in on link pages and in download file names."
     )
@@ -120,7 +133,7 @@ class LinkSettings(BaseModel):
         ),
     )
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "viewer_rate_limit")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
         return _rate_limit(value)
@@ -274,6 +287,18 @@ class ApiSettings(BaseModel):
     dispatch_interval: float = Field(
         5, gt=0, le=300, description="Seconds between sweeps that start the runs of recorded requests."
     )
+    viewer_assets_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder of the in-browser viewers built at set-up (phone/ and ohif/); default: viewer/dist beside the "
+            "api package. Without it the link pages offer the download only."
+        ),
+    )
+
+    @field_validator("viewer_assets_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("trusted_proxies")
     @classmethod

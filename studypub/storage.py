@@ -140,6 +140,12 @@ class LocalStorage:
             if not name.endswith(UPLOADING_SUFFIX)
         ]
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the object from ``start`` (fewer at its end)."""
+        with self._path(key).open("rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
     def path(self, key: str) -> Path:
         """The object's file (for serving it directly; HTTP Range is the server's business)."""
         return self._path(key)
@@ -281,6 +287,16 @@ class S3Storage:
             if not page.get("IsTruncated"):
                 return found
             params["ContinuationToken"] = page["NextContinuationToken"]
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the object from ``start`` (one ranged GET; fewer at its end)."""
+        try:
+            data = self.fs.cat_file(self._path(key), start=start, end=start + length)  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise StorageUnavailable(N_("Storage is unreachable: %(error)s", error=type(exc).__name__)) from exc
+        return bytes(data)
 
     def presigned_url(self, key: str, expires: int, filename: str) -> str:
         """A short-lived GET URL (SigV4) for the object that downloads as ``filename`` and is not cached.

@@ -14,7 +14,6 @@ import io
 import shutil
 import time
 import zipfile
-from pathlib import Path
 from typing import IO, Any
 
 from prefect import task
@@ -31,6 +30,7 @@ from studypub.notes import archive_note
 from studypub.publications import save_checkpoint
 from studypub.settings import Settings
 from studypub.spool import WorkPaths, clear_done, follow_files, mark_done, read_done
+from studypub.viewer.index import Entry, build_index, instance_metadata, save_index
 from tasks.common import TASK_DEFAULTS, step_context
 
 log = get_logger("tasks.archive")
@@ -78,8 +78,7 @@ class AppendOnlyWriter(io.RawIOBase):
         self._fh.flush()
 
 
-def _record_copy(path: Path) -> Dataset:
-    ds = dcmread(path, stop_before_pixels=True)
+def _fill_record_dummies(ds: Dataset) -> Dataset:
     for keyword, dummy in _RECORD_DUMMIES.items():
         if not str(ds.get(keyword) or "").strip():
             setattr(ds, keyword, dummy)
@@ -90,8 +89,11 @@ def _record_copy(path: Path) -> Dataset:
     return ds
 
 
-def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
-    """Write ``paths.archive`` from ``paths.clean`` as files arrive; returns size, sha256 and counts."""
+def build_archive(
+    settings: Settings, paths: WorkPaths, viewer: list[tuple[Entry, dict[str, Any]]] | None = None
+) -> dict[str, Any]:
+    """Write ``paths.archive`` from ``paths.clean`` as files arrive; returns size, sha256 and counts.
+    ``viewer`` receives each instance's entry position and viewer attributes (studypub.viewer.index)."""
     method = zipfile.ZIP_DEFLATED if settings.archive.compression == "deflate" else zipfile.ZIP_STORED
     level = settings.archive.compress_level if method == zipfile.ZIP_DEFLATED else None
     dicomdir = DicomDirBuilder()
@@ -105,7 +107,9 @@ def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
         writer = AppendOnlyWriter(raw)
         with zipfile.ZipFile(writer, "w", compression=method, compresslevel=level) as zf:
             for src in follow_files(paths.clean, paths, "clean"):
-                ds = _record_copy(src)
+                ds = dcmread(src, stop_before_pixels=True)
+                meta = instance_metadata(ds)  # before the directory's dummies
+                _fill_record_dummies(ds)
                 try:
                     name = dicomdir.add(ds)
                 except (KeyError, ValueError, AttributeError):
@@ -119,6 +123,8 @@ def build_archive(settings: Settings, paths: WorkPaths) -> dict[str, Any]:
                 # Entries named by string take the archive's compression level (a ZipInfo would not).
                 with src.open("rb") as fin, zf.open(name, "w", force_zip64=size > ZIP64_THRESHOLD) as fout:
                     shutil.copyfileobj(fin, fout, CHUNK)
+                if viewer is not None:
+                    viewer.append((Entry.from_zipinfo(zf.filelist[-1]), meta))
             if not entries:
                 raise PublicationError(N_("no anonymised instance to archive"))
             clean_done = read_done(paths, "clean") or {}
@@ -155,7 +161,10 @@ def archive(task_id: str) -> int:
         if done is not None and ctx.paths.archive.exists():
             return int(done["size_bytes"])
         clear_done(ctx.paths, "archive")
-        result = build_archive(ctx.settings, ctx.paths)
+        viewer: list[tuple[Entry, dict[str, Any]]] = []
+        result = build_archive(ctx.settings, ctx.paths, viewer)
+        assert ctx.task.object_key
+        save_index(ctx.session, task_id, ctx.task.object_key, build_index(viewer))  # committed with the checkpoint
         save_checkpoint(ctx.session, task_id, Step.ZIP, result)
         mark_done(ctx.paths, "archive", result)
         log.info(

@@ -10,6 +10,7 @@ from studypub.logs import details, get_logger
 from studypub.models import Step, TaskStatus
 from studypub.publications import complete, forget_replaced, replaced_object
 from studypub.storage import open_storage
+from studypub.viewer.index import forget_index
 from tasks.common import TASK_DEFAULTS, step_context
 
 log = get_logger("tasks.link")
@@ -24,6 +25,7 @@ def link(task_id: str, owner: str | None = None) -> str:
         old = replaced_object(ctx.session, task_id)
         if old and old != ctx.task.object_key:  # a republication: the new archive is in place
             open_storage(ctx.settings).delete(old)  # idempotent; a failure retries this step
+            forget_index(ctx.session, old)  # committed with the completion
         # The raw (identifiable) instances go before the publication says COMPLETED: nobody who sees it
         # completed can find them on disk. The upload is done, so nothing needs them any more.
         ctx.paths.remove_identifiable()

@@ -55,6 +55,7 @@ from studypub.links import (
 from studypub.logs import details, get_logger
 from studypub.settings import Settings
 from studypub.storage import LocalStorage, S3Storage, open_storage
+from studypub.viewer.index import has_index
 
 log = get_logger("links")
 
@@ -278,7 +279,7 @@ def _facts(t: Translator, link: Link, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _link_page(request: Request, settings: Settings, key: str, link: Link) -> Response:
+def _link_page(request: Request, session: Session, settings: Settings, key: str, link: Link) -> Response:
     if link.state is LinkState.UNKNOWN:
         return _not_found(request)
     if link.state is LinkState.GONE:
@@ -287,7 +288,11 @@ def _link_page(request: Request, settings: Settings, key: str, link: Link) -> Re
     facts = _facts(t, link, settings)
     if link.state is LinkState.READY:
         download = request.url_for("link_download", key=key).path
-        return _page(request, "link_ready.html", download_url=download, **facts)
+        view = None
+        viewer_on = getattr(request.app.state, "viewer_available", False)
+        if viewer_on and link.object_key and has_index(session, link.object_key):
+            view = request.url_for("viewer_page", key=key).path
+        return _page(request, "link_ready.html", download_url=download, view_url=view, **facts)
     if link.state is LinkState.FAILED:
         return _page(request, "link_failed.html", **facts)
     return _page(request, "link_preparing.html", refresh=PREPARING_REFRESH_SECONDS, **facts)
@@ -370,7 +375,7 @@ def _show(request: Request, session: Session, settings: Settings, key: str) -> R
     link = find_link(session, key)
     if request.method == "GET" and link.exists:
         _safely("view", lambda: record_view(session, link, _client(request)), session)
-    return _link_page(request, settings, key, link)
+    return _link_page(request, session, settings, key, link)
 
 
 @router.api_route("/s/{key}", methods=["GET", "HEAD"], name="link_page", include_in_schema=False)

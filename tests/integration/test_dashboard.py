@@ -199,6 +199,13 @@ ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/s/{key}/download"): PUBLIC,
     ("GET", "/s/{rest:path}"): PUBLIC,
     ("GET", "/s"): PUBLIC,
+    ("GET", "/s/{key}/view"): PUBLIC,
+    ("GET", "/s/{key}/view/manifest.json"): PUBLIC,
+    ("GET", "/s/{key}/view/study.json"): PUBLIC,
+    ("GET", "/s/{key}/view/i/{n}"): PUBLIC,
+    ("GET", "/viewer/{path:path}"): PUBLIC,
+    ("GET", "/ohif"): PUBLIC,
+    ("GET", "/ohif/{path:path}"): PUBLIC,
     ("GET", "/dashboard"): PUBLIC,
     ("GET", "/dashboard/login"): PUBLIC,
     ("POST", "/dashboard/login"): PUBLIC,
@@ -299,6 +306,8 @@ def test_role_matrix(db_url: str, dashboard: Any) -> None:
         "name": "matrix-key",
         "key": "A" * 22,
         "rest": "x/y",
+        "n": "0",
+        "path": "choose.js",
     }
     n = 0
     for (method, template), access in sorted(ACCESS.items()):

@@ -53,9 +53,7 @@ def test_no_secret_is_written_in_the_file(compose: dict[str, Any]) -> None:
 def test_every_variable_it_needs_is_documented(compose: dict[str, Any]) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     needed = {m.group(1) for m in REFERENCE.finditer(text) if not m.group(2)}
-    documented = {
-        line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line
-    }
+    documented = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line}
     assert needed - documented == set()
 
 
