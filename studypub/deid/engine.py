@@ -585,7 +585,8 @@ class StudyAnonymiser:
                     out.append(str(DUMMY_BY_VR.get(vr, DUMMY_TEXT)))
                 else:
                     out.append(value)
-            item[tag] = _elem(tag, vr, out[0] if len(out) == 1 else out)
+            if out:
+                item[tag] = _elem(tag, vr, out[0] if len(out) == 1 else out)
         return None
 
     # -- the walk
