@@ -106,7 +106,8 @@ def _context(request: Request, t: Translator, user: User | None, csrf: str) -> d
     query = [(k, v) for k, v in request.query_params.multi_items() if k != LANG_PARAM and here == request.url.path]
     return {
         "user": user,
-        "is_admin": user is not None and user.role == Role.ADMINISTRATOR,
+        "is_admin": user is not None and user.role in (Role.ADMINISTRATOR, Role.SUPERADMIN),
+        "is_superadmin": user is not None and user.role == Role.SUPERADMIN,
         "csrf": csrf,
         "prefix": PREFIX,
         "static": f"{PREFIX}/static",

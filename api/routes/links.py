@@ -34,7 +34,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import PublicSessionDep, SettingsDep
 from api.i18n import choose_locale, remember_locale
 from studypub.errors import StorageUnavailable
 from studypub.i18n import N_
@@ -374,7 +374,7 @@ def _show(request: Request, session: Session, settings: Settings, key: str) -> R
 
 
 @router.api_route("/s/{key}", methods=["GET", "HEAD"], name="link_page", include_in_schema=False)
-def link_page(key: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+def link_page(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
     """The link's page: ready (facts, download button, help), being prepared (refreshes), failed, 404, 410."""
     try:
         return _show(request, session, settings, key)
@@ -401,7 +401,7 @@ def _deleted_meanwhile(session: Session, link: Link, client: Client, via: str) -
 
 
 @router.api_route("/s/{key}/download", methods=["GET", "HEAD"], name="link_download", include_in_schema=False)
-def link_download(key: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+def link_download(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
     """The archive: 302 to a presigned URL (S3) or the file (local storage, with Range). Not ready: 303 to
     the page; unknown: 404; expired or deleted: 410."""
     try:
@@ -444,7 +444,7 @@ def _download(key: str, request: Request, session: Session, settings: Settings) 
 
 @router.api_route("/s", methods=["GET", "HEAD"], include_in_schema=False)
 @router.api_route("/s/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
-def link_other(request: Request, session: SessionDep, settings: SettingsDep, rest: str = "") -> Response:
+def link_other(request: Request, session: PublicSessionDep, settings: SettingsDep, rest: str = "") -> Response:
     """Anything else under /s/ (an empty key, a key with slashes, a trailing slash): looked up like a key, so
     it has the same look and cost as any other miss."""
     try:

@@ -38,6 +38,7 @@ ROLES = Labels(
     {
         "administrator": pN_("role", "administrator"),
         "registrator": pN_("role", "registrator"),
+        "superadmin": pN_("role", "superadmin"),
     },
 )
 
