@@ -43,7 +43,8 @@ HEADERS = {
 }
 
 # The menu: (path under the prefix, name, administrators only).
-SECTIONS: tuple[tuple[str, str, bool], ...] = (
+# (path, label, who: False everyone, True administrators, "super" the instance's superadmins)
+SECTIONS: tuple[tuple[str, str, bool | str], ...] = (
     ("queue", N_("Queue"), False),
     ("publish", N_("Publish"), False),
     ("published", N_("Published studies"), False),
@@ -51,6 +52,7 @@ SECTIONS: tuple[tuple[str, str, bool], ...] = (
     ("api-keys", N_("MIS keys"), True),
     ("settings", N_("Settings"), True),
     ("audit", N_("Audit"), True),
+    ("clinics", N_("Clinics"), "super"),
 )
 
 # The title of an error page, by status.

@@ -30,18 +30,6 @@ from studypub.settings import Settings
 LANGUAGES = ("ru", "en", "es", "fr", "de")
 MAX_CODE_LENGTH = 64
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
-# What `clinic add/update` may set beyond the dashboard's settings (the PACS in full, as the superadmin sees it).
-CLINIC_SETTINGS: tuple[str, ...] = (
-    "links.default_retention_days",
-    "links.max_retention_days",
-    "deid.burned_in_policy",
-    "pacs.host",
-    "pacs.port",
-    "pacs.called_ae",
-    "pacs.calling_ae",
-    "pacs.retrieve_method",
-    "pacs.store_from_aes",
-)
 
 
 class UnknownClinic(ValidationError):
@@ -125,20 +113,22 @@ def add_clinic(
     fields: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
 ) -> Clinic:
-    """A new clinic with its row's fields and its settings (``values``: CLINIC_SETTINGS names)."""
-    from studypub.overrides import save_overrides
+    """A new clinic with its row's fields and its settings (``values``: ``overrides.CLINIC_OVERRIDABLE`` names)."""
+    from studypub.overrides import CLINIC_OVERRIDABLE, save_overrides
     from studypub.publications import audit
 
     normal = check_code(code)
     if session.get(Clinic, normal) is not None:
         raise Conflict(N_("a clinic with the code %(code)s exists", code=repr(normal)))
-    clinic = Clinic(code=normal, names={}, **_check_fields(fields or {}))
+    clinic = Clinic(code=normal, **{"names": {}, **_check_fields(fields or {})})
     if not clinic.names:
         clinic.names = {settings.links.default_language: code.strip()}
     session.add(clinic)
     session.flush()
     if values:
-        save_overrides(session, settings, values, actor=actor, clinic_code=normal, names=CLINIC_SETTINGS, commit=False)
+        save_overrides(
+            session, settings, values, actor=actor, clinic_code=normal, names=CLINIC_OVERRIDABLE, commit=False
+        )
     audit(session, actor=actor, action="clinic.added", details={"clinic": normal}, clinic_code=normal)
     session.commit()
     forget()
@@ -155,7 +145,7 @@ def update_clinic(
     values: dict[str, Any] | None = None,
 ) -> Clinic:
     """Change a clinic's fields; ``values`` replace the named settings only (others stay as they are)."""
-    from studypub.overrides import load_overrides, save_overrides
+    from studypub.overrides import CLINIC_OVERRIDABLE, load_overrides, save_overrides
     from studypub.publications import audit
 
     clinic = get_clinic(session, code)
@@ -165,9 +155,9 @@ def update_clinic(
         setattr(clinic, name, value if name != "names" else {**(clinic.names or {}), **value})
     clinic.updated_at = utcnow()
     if values:
-        merged = {**load_overrides(session, clinic.code, CLINIC_SETTINGS), **values}
+        merged = {**load_overrides(session, clinic.code, CLINIC_OVERRIDABLE), **values}
         save_overrides(
-            session, settings, merged, actor=actor, clinic_code=clinic.code, names=CLINIC_SETTINGS, commit=False
+            session, settings, merged, actor=actor, clinic_code=clinic.code, names=CLINIC_OVERRIDABLE, commit=False
         )
     audit(session, actor=actor, action="clinic.updated", details={"clinic": clinic.code}, clinic_code=clinic.code)
     session.commit()

@@ -145,7 +145,7 @@ def save_overrides(
     for name in names:
         row = existing.get(name)
         if name in chosen:
-            value = current_values(result)[name]
+            value = current_values(result, names)[name]
             if row is None:
                 session.add(Setting(clinic_code=clinic, key=name, value=value, updated_by=actor))
                 changed[name] = value

@@ -109,6 +109,9 @@ SETTINGS = Labels(
         "pacs.host": pN_("setting", "PACS host"),
         "pacs.port": pN_("setting", "PACS DICOM port"),
         "pacs.called_ae": pN_("setting", "PACS AE title"),
+        "pacs.calling_ae": pN_("setting", "Our AE title at this PACS (C-MOVE destination)"),
+        "pacs.retrieve_method": pN_("setting", "Retrieval (move or get)"),
+        "pacs.store_from_aes": pN_("setting", "AE titles that may store to us (comma-separated)"),
     },
 )
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from studypub.models import utcnow
-from tests.integration.test_dashboard import ACCESS, ADMIN, EXTEND, MIS, PUBLIC, USER, app_routes
+from tests.integration.test_dashboard import ACCESS, ADMIN, EXTEND, MIS, PUBLIC, SUPER, USER, app_routes
 from tests.support.api import make_api_key, seed_publication
 from tests.support.dashboard import Browser, make_user
 
@@ -66,6 +66,7 @@ def two_clinics(db_url: str, api_server: Any) -> Any:
             "done_id": done.task_id,
             "user_id": str(make_user(f"victim-{code}", "registrator", clinic_code=code)),
             "name": f"key-{code}",
+            "code": code,
             "reg": f"reg-{code}",
             "admin": f"admin-{code}",
         }
@@ -135,9 +136,9 @@ def test_route_matrix_one_clinic_against_the_other(two_clinics: Any) -> None:
             elif answer.status_code == 200:  # A's own lists and forms: nothing of B in them
                 for secret in secrets_of_b:
                     assert secret not in answer.text, (*where, secret)
-            if access in (ADMIN, EXTEND) and role == "reg":
+            if access == SUPER or (access in (ADMIN, EXTEND) and role == "reg"):
                 assert answer.status_code == 403, where
-            assert access in (USER, EXTEND, ADMIN)
+            assert access in (USER, EXTEND, ADMIN, SUPER)
     assert clinic_rows(B) == before  # nothing of clinic B changed
 
     # The superadmin sees both clinics, and B's objects by their ids.
@@ -190,3 +191,26 @@ def test_unknown_clinics_and_spellings(two_clinics: Any) -> None:
     )
     assert first.status_code == second.status_code == 202
     assert first.json()["task_id"] == second.json()["task_id"] and first.json()["link"] == second.json()["link"]
+
+
+def test_the_superadmin_manages_clinics_from_the_dashboard(two_clinics: Any) -> None:
+    api, _objects = two_clinics
+    form = {"code": " Branch-3", "name": "Branch three", "phone": "+7 495 123", "pacs.host": "10.1.1.1"}
+    with Browser(api.base_url) as b:
+        b.login("root")
+        assert b.post("/dashboard/clinics", {**form, "pacs.port": "0"}).status_code == 422  # nothing added
+        assert b.post("/dashboard/clinics", form).headers["location"] == "/dashboard/clinics?done=added"
+        page = b.get("/dashboard/clinics")
+        assert 'data-clinic="branch-3"' in page.text and "10.1.1.1" in page.text
+        changed = b.post("/dashboard/clinics/branch-3", {"name": "Branch three", "pacs.host": "10.1.1.2"})
+        assert changed.status_code == 303
+        assert "10.1.1.2" in b.get("/dashboard/clinics").text
+        assert b.post("/dashboard/clinics", form).status_code == 409  # one spelling per clinic
+    key = make_api_key("branch-3-key", clinic_code="branch-3")
+    answer = httpx.post(
+        f"{api.base_url}/publish",
+        headers={"X-API-Key": key},
+        json={"patient_id": "PB3", "accession_number": "AB3", "clinic_code": "BRANCH-3"},
+        timeout=30,
+    )
+    assert answer.status_code == 202

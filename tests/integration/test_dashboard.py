@@ -180,7 +180,7 @@ def test_no_built_in_password_in_production() -> None:
 # --- the role matrix over every route -------------------------------------------------------------------------
 
 # Every route of the app, by who may use it. A new route fails the test until it is classified here.
-PUBLIC, MIS, USER, EXTEND, ADMIN = "public", "mis", "user", "extend", "admin"
+PUBLIC, MIS, USER, EXTEND, ADMIN, SUPER = "public", "mis", "user", "extend", "admin", "superadmin"
 ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
@@ -224,6 +224,9 @@ ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/dashboard/settings"): ADMIN,
     ("POST", "/dashboard/settings/echo"): ADMIN,
     ("GET", "/dashboard/audit"): ADMIN,
+    ("GET", "/dashboard/clinics"): SUPER,
+    ("POST", "/dashboard/clinics"): SUPER,
+    ("POST", "/dashboard/clinics/{code}"): SUPER,
 }
 
 
@@ -294,6 +297,7 @@ def test_role_matrix(db_url: str, dashboard: Any) -> None:
         "name": "matrix-key",
         "key": "A" * 22,
         "rest": "x/y",
+        "code": "f_khimki",
     }
     n = 0
     for (method, template), access in sorted(ACCESS.items()):
@@ -328,7 +332,7 @@ def test_role_matrix(db_url: str, dashboard: Any) -> None:
                 else:
                     assert answer.status_code == 303, where
                     assert answer.headers["location"].startswith("/dashboard/login?next="), where
-            elif role == "reg" and access in (ADMIN, EXTEND):
+            elif access == SUPER or (role == "reg" and access in (ADMIN, EXTEND)):  # superadmins: test_clinics
                 assert answer.status_code == 403, where
                 assert "text/html" in answer.headers["content-type"]
             else:
