@@ -36,6 +36,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.deps import PublicSessionDep, SettingsDep
 from api.i18n import choose_locale, remember_locale
+from studypub.clinics import ClinicContext, UnknownClinic, clinic_context
 from studypub.errors import StorageUnavailable
 from studypub.i18n import N_
 from studypub.i18n.labels import modality_names
@@ -278,13 +279,38 @@ def _facts(t: Translator, link: Link, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _link_page(request: Request, settings: Settings, key: str, link: Link) -> Response:
+def _clinic(session: Session, settings: Settings, link: Link) -> ClinicContext | None:
+    """The publication's clinic (its name, contact and branding for the page; its time zone for the dates)."""
+    if not link.exists or not link.clinic_code:
+        return None
+    try:
+        return clinic_context(session, settings, link.clinic_code)
+    except UnknownClinic:  # disabled since: the page still serves the study
+        return None
+
+
+def _link_page(
+    request: Request, settings: Settings, key: str, link: Link, clinic: ClinicContext | None = None
+) -> Response:
     if link.state is LinkState.UNKNOWN:
         return _not_found(request)
     if link.state is LinkState.GONE:
         return _gone(request)
     t = translator(choose_locale(request).locale)
+    if clinic is not None:
+        settings = clinic.settings
     facts = _facts(t, link, settings)
+    facts["clinic"] = (
+        None
+        if clinic is None
+        else {
+            "name": clinic.name(t.locale),
+            "phone": clinic.phone,
+            "address": clinic.address,
+            "logo_url": clinic.logo_url,
+            "colour": clinic.colour,
+        }
+    )
     if link.state is LinkState.READY:
         download = request.url_for("link_download", key=key).path
         return _page(request, "link_ready.html", download_url=download, **facts)
@@ -370,7 +396,7 @@ def _show(request: Request, session: Session, settings: Settings, key: str) -> R
     link = find_link(session, key)
     if request.method == "GET" and link.exists:
         _safely("view", lambda: record_view(session, link, _client(request)), session)
-    return _link_page(request, settings, key, link)
+    return _link_page(request, settings, key, link, _clinic(session, settings, link))
 
 
 @router.api_route("/s/{key}", methods=["GET", "HEAD"], name="link_page", include_in_schema=False)

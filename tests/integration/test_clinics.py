@@ -202,7 +202,7 @@ def test_the_superadmin_manages_clinics_from_the_dashboard(two_clinics: Any) -> 
         assert b.post("/dashboard/clinics", form).headers["location"] == "/dashboard/clinics?done=added"
         page = b.get("/dashboard/clinics")
         assert 'data-clinic="branch-3"' in page.text and "10.1.1.1" in page.text
-        changed = b.post("/dashboard/clinics/branch-3", {"name": "Branch three", "pacs.host": "10.1.1.2"})
+        changed = b.post("/dashboard/clinics/branch-3", {**form, "pacs.host": "10.1.1.2"})  # the form, changed
         assert changed.status_code == 303
         assert "10.1.1.2" in b.get("/dashboard/clinics").text
         assert b.post("/dashboard/clinics", form).status_code == 409  # one spelling per clinic
@@ -214,3 +214,7 @@ def test_the_superadmin_manages_clinics_from_the_dashboard(two_clinics: Any) -> 
         timeout=30,
     )
     assert answer.status_code == 202
+    path = "/s/" + answer.json()["link"].rsplit("/s/", 1)[1]
+    page = httpx.get(api.base_url + path, headers={"Accept-Language": "en"}, timeout=30)  # the patient's page
+    clinic = page.text[page.text.index('data-test="clinic"') :]
+    assert page.status_code == 200 and "Branch three" in clinic and 'href="tel:+7495123"' in clinic, clinic
