@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from studypub.errors import Conflict, NotFound, ValidationError
@@ -166,16 +167,17 @@ def update_clinic(
 
 
 def ensure_default_clinic(session: Session, settings: Settings) -> Clinic | None:
-    """An instance that never configured clinics has one: the default clinic, on the environment's settings
-    (manual and CLI requests go there). Made once, when there is no clinic at all."""
-    if session.scalar(select(func.count()).select_from(Clinic)):
-        return None
+    """The default clinic (``STUDYPUB_DEFAULT_CLINIC_CODE``: where manual and CLI requests and new users go)
+    exists: an instance that never configured clinics has it, on the environment's settings. Made when
+    missing (an operator may disable it, not remove it)."""
     code = check_code(settings.default_clinic_code)
+    if session.get(Clinic, code) is not None:
+        return None
     clinic = Clinic(code=code, names={settings.links.default_language: settings.default_clinic_code.strip()})
     session.add(clinic)
     try:
         session.commit()
-    except Exception:  # another process of the same start made it
+    except IntegrityError:  # another process of the same start made it
         session.rollback()
         return None
     return clinic

@@ -118,7 +118,7 @@ def test_codes_in_the_database_become_clinics(old_db: str) -> None:
 
     with get_sessionmaker()() as session:
         clinics = {c.code: c for c in session.scalars(select(Clinic))}
-        assert set(clinics) == {"f_khimki", "default", "other"}  # not a second default: clinics existed
+        assert set(clinics) == {"f_khimki", "default", "other"}  # " default" and the user's "Default": one
         assert clinics["f_khimki"].names  # named after a spelling it had
         tasks = {t.id: t for t in session.scalars(select(Task))}
         assert {t.clinic_code for t in tasks.values()} == {"f_khimki", "default", "other"}
