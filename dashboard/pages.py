@@ -628,11 +628,13 @@ def keys_create(
     try:
         if not KEY_NAME.match(name.strip()):
             raise ValidationError(N_("the name must be 1–64 letters, digits, spaces or . _ -"))
+        codes = [c for c in clinic_code.split(",") if c.strip()]
         if user.role == Role.SUPERADMIN:  # any clinics of the instance (none named: every clinic)
-            codes = [c for c in clinic_code.split(",") if c.strip()]
             _, new_key = create_key(session, name.strip(), clinic_code=None, clinic_codes=codes, actor=_actor(user))
-        else:  # an administrator's keys publish for their clinic
-            _, new_key = create_key(session, name.strip(), clinic_code=user.clinic_code, actor=_actor(user))
+        else:  # an administrator's keys are their clinic's (another clinic's code is unknown in their scope)
+            _, new_key = create_key(
+                session, name.strip(), clinic_code=user.clinic_code, clinic_codes=codes, actor=_actor(user)
+            )
     except StudyPubError as exc:
         error = exc.reason
     keys = list_keys(session)
