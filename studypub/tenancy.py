@@ -11,7 +11,7 @@ scope (``api.deps``). From then on:
   ``with_loader_criteria``), so a query that forgets ``where(clinic_code == ...)`` still sees only its
   clinic's rows, and an UPDATE or DELETE of another clinic's row changes nothing;
 - a flush that would insert, change or delete a clinic-owned row of another clinic raises instead;
-- a statement the filter cannot read (a textual SQL string) is refused in a clinic scope.
+- a statement the filter cannot read (textual SQL, a Core statement on a table) is refused in a clinic scope.
 
 Entering the system scope is explicit (:func:`system`), and leaving it empties the session's identity map, so
 nothing loaded outside the scope (the caller's key or user row) can be reached through ``session.get`` later.
@@ -153,8 +153,8 @@ def _on_execute(state: ORMExecuteState) -> None:
     if scope.every_clinic:
         return
     assert scope.clinics is not None
-    if isinstance(state.statement, TextClause):
-        raise TenancyError("textual SQL in a clinic's session (the filter cannot read it)")
+    if isinstance(state.statement, TextClause) or not state.is_orm_statement:
+        raise TenancyError("textual SQL or a Core statement in a clinic's session (the filter cannot read it)")
     if state.is_insert:
         raise TenancyError("a bulk INSERT in a clinic's session (add objects instead)")
     state.statement = state.statement.options(*_owned_criteria(scope.clinics))

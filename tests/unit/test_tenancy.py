@@ -67,6 +67,13 @@ def test_a_clinics_session_sees_and_changes_only_its_own_rows(db_url: str) -> No
         session.execute(update(Task).where(Task.id == b.task_id).values(service_title="changed"))
         session.execute(delete(ManualRequest))
         session.commit()
+        # Subqueries are filtered too (the published list counts through one).
+        subquery = select(PublishedStudy.id).join(Task, Task.id == PublishedStudy.task_id).subquery()
+        assert session.scalar(select(func.count()).select_from(subquery)) == 1
+        # A statement the ORM does not see through (textual SQL, a Core table) cannot be filtered: refused.
+        with pytest.raises(TenancyError):
+            session.execute(Task.__table__.select())
+        session.rollback()
         # A textual statement cannot be filtered: refused.
         with pytest.raises(TenancyError):
             session.execute(text("SELECT id FROM tasks"))
