@@ -7,8 +7,6 @@ Every process applies them: the API and dashboard per request, the flow's steps 
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -38,8 +36,6 @@ CLINIC_OVERRIDABLE: tuple[str, ...] = (
 )
 CACHE_SECONDS = 5.0
 
-_cache: dict[tuple[int, str], tuple[float, Settings]] = {}
-_lock = threading.Lock()
 
 
 def current_values(settings: Settings, names: tuple[str, ...] = OVERRIDABLE) -> dict[str, Any]:
@@ -101,25 +97,15 @@ def _problem(setting: str, err: dict[str, Any]) -> str:
 
 
 def effective_settings(session: Session, settings: Settings, clinic_code: str | None = None) -> Settings:
-    """The settings with the clinic's overrides (cached a few seconds per process). Callers take them from
-    ``studypub.clinics.clinic_context`` (which adds the clinic's row) rather than calling this."""
-    from studypub.clinics import normalise_code
+    """The clinic's effective settings: what ``studypub.clinics.clinic_context`` resolves (the environment,
+    the clinic's row, its overrides), which callers should use directly. Kept for callers that only need the
+    settings; an unknown clinic gets the environment's."""
+    from studypub.clinics import UnknownClinic, clinic_context
 
-    clinic = normalise_code(clinic_code or settings.default_clinic_code)
-    key = (id(settings), clinic)
-    now = time.monotonic()
-    with _lock:
-        hit = _cache.get(key)
-    if hit is not None and now - hit[0] < CACHE_SECONDS:
-        return hit[1]
-    overrides = load_overrides(session, clinic, CLINIC_OVERRIDABLE)
     try:
-        result = apply_overrides(settings, overrides) if overrides else settings
-    except ValidationError:
-        result = settings  # saved values are validated; a later environment change may clash: keep the defaults
-    with _lock:
-        _cache[key] = (now, result)
-    return result
+        return clinic_context(session, settings, clinic_code or settings.default_clinic_code).settings
+    except UnknownClinic:
+        return settings
 
 
 def save_overrides(
@@ -164,8 +150,7 @@ def save_overrides(
 
 
 def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
+    """Forget this process's resolved clinic contexts (after a change); other processes within CACHE_SECONDS."""
     from studypub import clinics
 
     with clinics._lock:

@@ -206,6 +206,17 @@ def test_the_superadmin_manages_clinics_from_the_dashboard(two_clinics: Any) -> 
         assert changed.status_code == 303
         assert "10.1.1.2" in b.get("/dashboard/clinics").text
         assert b.post("/dashboard/clinics", form).status_code == 409  # one spelling per clinic
+        made = b.post(
+            "/dashboard/users",
+            {"username": "desk-b3", "password": "a good password", "role": "registrator", "clinic_code": "BRANCH-3"},
+        )
+        assert made.status_code == 303
+    with _db() as session:
+        from sqlalchemy import select
+
+        from studypub.models import User
+
+        assert session.scalars(select(User.clinic_code).where(User.username == "desk-b3")).one() == "branch-3"
     key = make_api_key("branch-3-key", clinic_code="branch-3")
     answer = httpx.post(
         f"{api.base_url}/publish",
