@@ -344,7 +344,7 @@ def test_csrf_is_required_on_every_form(db_url: str, dashboard: Any) -> None:
     api = dashboard(STUDYPUB_DASHBOARD__LOGIN_RATE_LIMIT="1000/minute")
     victim = make_user("victim", "registrator")
     seeded = seed_publication(status="FAILED")
-    values = {"task_id": seeded.task_id, "user_id": str(victim), "name": "nokey"}
+    values = {"task_id": seeded.task_id, "user_id": str(victim), "name": "nokey", "code": "f_khimki"}
     before = len(audit_actions())
     posts = [template for (method, template) in ACCESS if method == "POST" and template.startswith("/dashboard")]
     assert len(posts) >= 15
