@@ -149,7 +149,7 @@ def login(
                 actor=user.username,
                 action="user.signed_in",
                 details={"role": user.role},
-                clinic_code=user.clinic_code,
+                clinic_code=None if user.role == Role.SUPERADMIN else user.clinic_code,  # the instance's
             )
         session.commit()
     if user is None:
