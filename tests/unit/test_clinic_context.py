@@ -79,3 +79,19 @@ def test_an_instance_is_filed_only_for_publications_of_its_pacs_clinic(tmp_path:
 @pytest.mark.parametrize("code", ["", " ", "x" * 65, "a\x01b"])
 def test_bad_clinic_codes_are_refused(db_url: str, code: str) -> None:
     assert _cli("clinic", "add", code)[0] == 1
+
+
+def test_mis_keys_for_one_clinic_a_list_or_every_clinic(db_url: str) -> None:
+    from studypub.apikeys import authenticate
+    from studypub.db import get_sessionmaker
+
+    listed = _cli("create-api-key", "--name", "two-branches", "--clinic", "F_Khimki, f_other")
+    assert listed[0] == 0 and listed[1]["clinic_codes"] == ["f_khimki", "f_other"]
+    every = _cli("create-api-key", "--name", "every-branch")
+    assert every[0] == 0 and every[1]["clinic_codes"] is None
+    assert _cli("create-api-key", "--name", "nowhere", "--clinic", "nowhere")[0] == 1  # unknown clinic
+    with get_sessionmaker()() as session:
+        two = authenticate(session, listed[1]["api_key"])
+        anyone = authenticate(session, every[1]["api_key"])
+    assert two is not None and two.allows("f_other") and not two.allows("default")
+    assert anyone is not None and anyone.allows("default")
