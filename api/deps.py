@@ -16,7 +16,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from studypub.apikeys import Caller, authenticate
-from studypub.clinics import ClinicContext, clinic_context
+from studypub.clinics import ClinicContext, UnknownClinic, clinic_context
 from studypub.errors import Forbidden, Unauthorized
 from studypub.i18n import N_
 from studypub.models import User
@@ -93,6 +93,10 @@ def get_current_user(request: Request, session: SessionDep, settings: SettingsDe
         raise Unauthorized(N_("sign in first"))
     enter(session, user_scope(user))
     request.state.user = user
+    try:  # the user's clinic: its time zone for the pages' dates, its settings for the routes (UserClinic)
+        request.state.clinic = clinic_context(session, settings, user.clinic_code)
+    except UnknownClinic:
+        request.state.clinic = None  # a disabled clinic: its users still sign in and see their lists
     return user
 
 
@@ -122,9 +126,13 @@ def get_superadmin(user: CurrentUser) -> User:
 SuperAdmin = Annotated[User, Depends(get_superadmin)]
 
 
-def get_user_clinic(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> ClinicContext:
-    """The signed-in user's clinic and its effective settings (environment, clinic, dashboard overrides)."""
-    return clinic_context(session, settings, user.clinic_code)
+def get_user_clinic(
+    request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> ClinicContext:
+    """The signed-in user's clinic and its effective settings (environment, clinic, dashboard overrides),
+    resolved once per request (with the user)."""
+    clinic: ClinicContext | None = getattr(request.state, "clinic", None)
+    return clinic if clinic is not None else clinic_context(session, settings, user.clinic_code)
 
 
 UserClinic = Annotated[ClinicContext, Depends(get_user_clinic)]

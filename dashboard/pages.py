@@ -26,7 +26,16 @@ from dashboard.auth import (
     issue_session,
     set_session_cookie,
 )
-from dashboard.render import PREFIX, redirect, render, render_fragment, secure_headers, translator_for, zone
+from dashboard.render import (
+    PREFIX,
+    redirect,
+    render,
+    render_fragment,
+    secure_headers,
+    translator_for,
+    user_zone,
+    zone,
+)
 from studypub.apikeys import create_key, list_keys, revoke_key
 from studypub.clinics import clinic_context
 from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
@@ -473,7 +482,7 @@ def published_page(
         descending=order != "asc",
         page=page,
         page_size=settings.dashboard.page_size,
-        tz=zone(settings),
+        tz=user_zone(request),
     )
     result = queries.published_page(session, flt)
     session.commit()
@@ -740,7 +749,7 @@ def audit_page(
     result = queries.audit_page(session, actor=actor or None, action=action or None, task_id=task_id or None, page=page)
     session.commit()
     params = {k: v for k, v in {"actor": actor, "action": action, "task_id": task_id}.items() if v}
-    t, tz = translator_for(request), zone(settings)
+    t, tz = translator_for(request), user_zone(request)
     entries = [
         {
             "at": e["at"],

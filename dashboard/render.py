@@ -83,6 +83,12 @@ def zone(settings: Settings) -> ZoneInfo:
     return ZoneInfo(settings.links.time_zone)
 
 
+def user_zone(request: Request) -> ZoneInfo:
+    """The signed-in user's clinic's time zone (``api.deps`` resolves the clinic), else the environment's."""
+    clinic = getattr(request.state, "clinic", None)
+    return zone(clinic.settings if clinic is not None else request.app.state.settings)
+
+
 def translator_for(request: Request) -> Translator:
     return translator(choose_locale(request).locale)
 
@@ -103,7 +109,7 @@ def _page_path(request: Request) -> str:
 
 def _context(request: Request, t: Translator, user: User | None, csrf: str) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
-    tz = zone(settings)
+    tz = user_zone(request)
     here = _page_path(request)
     query = [(k, v) for k, v in request.query_params.multi_items() if k != LANG_PARAM and here == request.url.path]
     return {
