@@ -98,7 +98,7 @@ def _owned_criteria(codes: frozenset[str]) -> list[Any]:
     ]
 
 
-def _clinic_of(obj: Any) -> tuple[bool, str | None]:
+def _clinic_of(obj: Any, session: Session) -> tuple[bool, str | None]:
     """(is clinic-owned, its clinic) of an ORM object."""
     if isinstance(obj, Clinic):
         return True, obj.code
@@ -106,8 +106,11 @@ def _clinic_of(obj: Any) -> tuple[bool, str | None]:
         return True, None  # the instance's: never inside a clinic's scope
     if isinstance(obj, (Task, PublishedStudy, ManualRequest, User, ApiKey, Setting, AuditEvent)):
         return True, obj.clinic_code
-    if isinstance(obj, TaskStep):
-        task = obj.task if "task" in obj.__dict__ else None
+    if isinstance(obj, TaskStep):  # its task's clinic; a task the scope cannot see is another clinic's
+        task = obj.__dict__.get("task")
+        if task is None:
+            with session.no_autoflush:
+                task = session.get(Task, obj.task_id)
         return True, task.clinic_code if task is not None else None
     return False, None
 
@@ -169,7 +172,7 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
     if scope.every_clinic:
         return
     for obj in (*session.new, *session.dirty, *session.deleted):
-        owned, code = _clinic_of(obj)
+        owned, code = _clinic_of(obj, session)
         if owned and not scope.allows(code):
             raise TenancyError(f"a change to a row of another clinic ({type(obj).__name__})")
 

@@ -229,3 +229,21 @@ def test_the_superadmin_manages_clinics_from_the_dashboard(two_clinics: Any) -> 
     page = httpx.get(api.base_url + path, headers={"Accept-Language": "en"}, timeout=30)  # the patient's page
     clinic = page.text[page.text.index('data-test="clinic"') :]
     assert page.status_code == 200 and "Branch three" in clinic and 'href="tel:+7495123"' in clinic, clinic
+
+
+def test_a_clinics_administrator_works_on_its_own_publications(two_clinics: Any) -> None:
+    """What the scoped session lets through: every action on the clinic's own publications and users."""
+    api, objects = two_clinics
+    mine = objects[A]
+    with Browser(api.base_url) as b:
+        b.login(mine["admin"])
+        later = (date.today() + timedelta(days=40)).isoformat()
+        assert b.post(f"/dashboard/tasks/{mine['done_id']}/extend", {"save_till": later}).status_code == 303
+        assert b.post(f"/dashboard/tasks/{mine['done_id']}/republish").status_code == 303
+        assert b.post(f"/dashboard/tasks/{mine['task_id']}/retry").status_code == 303
+        assert (
+            b.post(f"/dashboard/users/{mine['user_id']}/password", {"password": "another password"}).status_code == 303
+        )
+        assert b.post(f"/dashboard/api-keys/key-{A}/revoke").status_code == 303
+        assert b.post("/dashboard/settings", {"links.default_retention_days": "11"}).status_code == 200
+        assert b.get(f"/dashboard/audit?task_id={mine['done_id']}").status_code == 200

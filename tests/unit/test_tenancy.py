@@ -83,6 +83,13 @@ def test_a_clinics_session_sees_and_changes_only_its_own_rows(db_url: str) -> No
         with pytest.raises(TenancyError):
             session.flush()
         session.rollback()
+        session.add(TaskStep(task_id=b.task_id, step="replaces", data={}))  # a step of B's task
+        with pytest.raises(TenancyError):
+            session.flush()
+        session.rollback()
+        session.add(TaskStep(task_id=a.task_id, step="replaces", data={}))  # of its own: fine
+        session.flush()
+        session.rollback()
         mine = session.get(Task, a.task_id)
         mine.clinic_code = "f_other"  # moving a row out of the clinic is a change to another clinic's row
         with pytest.raises(TenancyError):
