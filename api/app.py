@@ -35,12 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from studypub.db import get_sessionmaker, migrate
+        from studypub.db import get_engine, get_sessionmaker, migrate
+        from studypub.tenancy import tenant_sessionmaker
         from studypub.users import ensure_first_admin
 
         migrate(settings)  # quick when `studypub api` has done it already
-        app.state.sessions = get_sessionmaker(settings)
-        with app.state.sessions() as session:
+        app.state.sessions = tenant_sessionmaker(get_engine(settings))  # each route's: scoped by its caller
+        app.state.system_sessions = get_sessionmaker(settings)  # the dispatcher's and /ready's
+        with app.state.system_sessions() as session:
             ensure_first_admin(session, settings)
         # Prefect's client is imported here, once, before any thread needs it: the dispatcher thread and a
         # request thread (the dashboard's Retry, /ready) importing it at the same moment deadlock on
@@ -50,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import prefect.exceptions
         import prefect.states  # noqa: F401
 
-        app.state.dispatcher = Dispatcher(app.state.sessions, interval=settings.api.dispatch_interval)
+        app.state.dispatcher = Dispatcher(app.state.system_sessions, interval=settings.api.dispatch_interval)
         app.state.dispatcher.start()
         try:
             yield

@@ -113,7 +113,7 @@ async def client_loop(
                 body = {
                     "patient_id": f"P{acsn}",
                     "accession_number": acsn,
-                    "clinic_code": "f_Khimki",
+                    "clinic_code": "default",
                     "service_title": "МРТ суставов",
                     "study_date": "2025-02-01T16:18:02+03:00",
                 }

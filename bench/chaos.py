@@ -300,7 +300,7 @@ async def _burst(base_url: str, key: str, studies: list[GeneratedStudy | None]) 
                     json={
                         "patient_id": study.patient_id,
                         "accession_number": study.accession_number,
-                        "clinic_code": "f_Khimki",
+                        "clinic_code": "default",
                         "service_title": "МРТ суставов",
                         "study_date": "2025-02-01T16:18:02+03:00",
                     },

@@ -63,7 +63,7 @@ def seed(url: str, rows: int) -> None:
                 tasks.append(
                     {
                         "id": task_id,
-                        "clinic_code": "f_Khimki",
+                        "clinic_code": "default",
                         "patient_id": f"PID{i % 60000:07d}",
                         "accession_number": f"ACC{i:07d}",
                         "emk_record_id": f"{rnd.randrange(10**6):06d}",
@@ -86,7 +86,7 @@ def seed(url: str, rows: int) -> None:
                 pubs.append(
                     {
                         "task_id": task_id,
-                        "clinic_code": "f_Khimki",
+                        "clinic_code": "default",
                         "storage_url": "s3://bench",
                         "object_key": f"archives/{task_id}.zip",
                         "size_bytes": rnd.randrange(10**6, 2 * 10**9),

@@ -56,6 +56,8 @@ ACTIONS = Labels(
         "api_key.created": pN_("audit", "MIS key created"),
         "api_key.revoked": pN_("audit", "MIS key revoked"),
         "settings.changed": pN_("audit", "Settings changed"),
+        "clinic.added": pN_("audit", "Clinic added"),
+        "clinic.updated": pN_("audit", "Clinic changed"),
         "settings.pacs_echo": pN_("audit", "PACS connection tested"),
     },
 )

@@ -46,7 +46,7 @@ def _key(settings: Settings, purpose: bytes) -> bytes:
 
 
 def session_hours(settings: Settings, role: str) -> float:
-    if role == Role.ADMINISTRATOR:
+    if role in (Role.ADMINISTRATOR, Role.SUPERADMIN):
         return settings.dashboard.administrator_session_hours
     return settings.dashboard.registrator_session_hours
 

@@ -17,7 +17,7 @@ from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from api.deps import AdminUser, CsrfChecked, CurrentUser, SessionDep, SettingsDep
+from api.deps import AdminUser, CsrfChecked, CurrentUser, SessionDep, SettingsDep, UserClinic
 from dashboard import audit as audit_text
 from dashboard import queries
 from dashboard.auth import (
@@ -26,14 +26,24 @@ from dashboard.auth import (
     issue_session,
     set_session_cookie,
 )
-from dashboard.render import PREFIX, redirect, render, render_fragment, secure_headers, translator_for, zone
+from dashboard.render import (
+    PREFIX,
+    redirect,
+    render,
+    render_fragment,
+    secure_headers,
+    translator_for,
+    user_zone,
+    zone,
+)
 from studypub.apikeys import create_key, list_keys, revoke_key
+from studypub.clinics import clinic_context
 from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
 from studypub.i18n import N_
 from studypub.i18n.labels import modality_names
 from studypub.links import rate_limit_key
 from studypub.models import ManualRequest, Step, Task, TaskStatus, User, utcnow
-from studypub.overrides import OVERRIDABLE, current_values, effective_settings, save_overrides
+from studypub.overrides import OVERRIDABLE, current_values, save_overrides
 from studypub.publications import (
     PublicationRequest,
     audit,
@@ -48,6 +58,7 @@ from studypub.publications import (
     revoke,
 )
 from studypub.settings import Settings
+from studypub.tenancy import system
 from studypub.users import (
     Role,
     authenticate_user,
@@ -139,9 +150,18 @@ def login(
             username=username,
             status_code=429,
         )
-    user = authenticate_user(session, username, password)
-    if user is None:
+    with system(session):  # who signs in is not known yet: the user is found by name, across clinics
+        user = authenticate_user(session, username, password)
+        if user is not None:
+            audit(
+                session,
+                actor=user.username,
+                action="user.signed_in",
+                details={"role": user.role},
+                clinic_code=None if user.role == Role.SUPERADMIN else user.clinic_code,  # the instance's
+            )
         session.commit()
+    if user is None:
         return render(
             request,
             "login.html",
@@ -152,8 +172,6 @@ def login(
             status_code=401,
         )
     token, lifetime = issue_session(settings, user)
-    audit(session, actor=user.username, action="user.signed_in", details={"role": user.role})
-    session.commit()
     response = redirect(_safe_next(next))
     set_session_cookie(response, request, token, lifetime)
     return response
@@ -223,8 +241,8 @@ def queue_json(
 
 
 @router.get("/publish", name="dashboard_publish")
-def publish_form(request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
-    effective = effective_settings(session, settings)
+def publish_form(request: Request, user: CurrentUser, session: SessionDep, clinic: UserClinic) -> Response:
+    effective = clinic.settings
     session.commit()
     return render(request, "publish.html", user=user, errors={}, values={}, limits=effective.links)
 
@@ -234,12 +252,12 @@ def publish(
     request: Request,
     user: CurrentUser,
     session: SessionDep,
-    settings: SettingsDep,
+    clinic: UserClinic,
     patient_id: Text = "",
     accession_number: Text = "",
     retention_days: Text = "",
 ) -> Response:
-    effective = effective_settings(session, settings)
+    effective = settings = clinic.settings
     values = {"patient_id": patient_id, "accession_number": accession_number, "retention_days": retention_days}
     errors: dict[str, str] = {}
     for field, value in (("patient_id", patient_id), ("accession_number", accession_number)):
@@ -276,7 +294,7 @@ def publish(
         PublicationRequest(
             patient_id=patient_id,
             accession_number=accession_number,
-            clinic_code=user.clinic_code,
+            clinic_code=clinic.code,
             source="manual",
             save_till=save_till,
             dispatch=True,
@@ -285,7 +303,7 @@ def publish(
     )
     if not created and task.status == TaskStatus.FAILED:
         created = requeue(session, task.id, actor=_actor(user))
-    session.add(ManualRequest(task_id=task.id, clinic_code=user.clinic_code, user_id=user.id))
+    session.add(ManualRequest(task_id=task.id, clinic_code=clinic.code, user_id=user.id))
     session.commit()
     if created:
         request.app.state.dispatcher.wake()
@@ -359,8 +377,8 @@ def extend_task(
     if day is None:
         raise ValidationError(N_("%(field)s: choose a date", field="save_till"))
     task = _task_or_404(session, task_id)
-    effective = effective_settings(session, settings)
-    until = datetime.combine(day, time(23, 59), tzinfo=zone(settings))
+    effective = clinic_context(session, settings, task.clinic_code).settings  # the task's clinic's
+    until = datetime.combine(day, time(23, 59), tzinfo=zone(effective))
     extend(session, effective, task.id, until, actor=_actor(user))
     return redirect(f"{PREFIX}/tasks/{task.id}?done=extended")
 
@@ -464,7 +482,7 @@ def published_page(
         descending=order != "asc",
         page=page,
         page_size=settings.dashboard.page_size,
-        tz=zone(settings),
+        tz=user_zone(request),
     )
     result = queries.published_page(session, flt)
     session.commit()
@@ -531,11 +549,17 @@ def _users_page(
         "users.html",
         user=user,
         users=users,
-        roles=[r.value for r in Role],
+        roles=[r.value for r in Role if r != Role.SUPERADMIN or user.role == Role.SUPERADMIN],
         error=error,
         done=USER_DONE.get(done or ""),
         status_code=status,
     )
+
+
+def _may_grant(user: User, role: str) -> None:
+    """Only a superadmin makes superadmins (an administrator runs one clinic, not the instance)."""
+    if role.strip() == Role.SUPERADMIN and user.role != Role.SUPERADMIN:
+        raise Forbidden(N_("the instance's operators only"))
 
 
 @router.get("/users", name="dashboard_users")
@@ -552,9 +576,12 @@ def users_create(
     username: Text = "",
     password: Text = "",
     role: Text = Role.REGISTRATOR.value,
+    clinic_code: Text = "",
 ) -> Response:
+    _may_grant(user, role)
+    clinic = clinic_code if user.role == Role.SUPERADMIN and clinic_code.strip() else user.clinic_code
     try:
-        create_user(session, settings, username, password, role, actor=_actor(user), clinic_code=user.clinic_code)
+        create_user(session, settings, username, password, role, actor=_actor(user), clinic_code=clinic)
     except StudyPubError as exc:
         session.rollback()
         return _users_page(request, user, session, error=exc.reason, status=exc.http_status)
@@ -569,6 +596,7 @@ def users_password(user_id: UserId, user: AdminUser, session: SessionDep, passwo
 
 @router.post("/users/{user_id}/role")
 def users_role(user_id: UserId, user: AdminUser, session: SessionDep, role: Text = "") -> Response:
+    _may_grant(user, role)
     set_role(session, user_id, role, actor=_actor(user))
     return redirect(f"{PREFIX}/users?done=role")
 
@@ -609,9 +637,13 @@ def keys_create(
     try:
         if not KEY_NAME.match(name.strip()):
             raise ValidationError(N_("the name must be 1–64 letters, digits, spaces or . _ -"))
-        if len(clinic_code.strip()) > 64:
-            raise ValidationError(N_("the clinic code must be at most 64 characters"))
-        _, new_key = create_key(session, name.strip(), clinic_code=clinic_code.strip() or None, actor=_actor(user))
+        codes = [c for c in clinic_code.split(",") if c.strip()]
+        if user.role == Role.SUPERADMIN:  # any clinics of the instance (none named: every clinic)
+            _, new_key = create_key(session, name.strip(), clinic_code=None, clinic_codes=codes, actor=_actor(user))
+        else:  # an administrator's keys are their clinic's (another clinic's code is unknown in their scope)
+            _, new_key = create_key(
+                session, name.strip(), clinic_code=user.clinic_code, clinic_codes=codes, actor=_actor(user)
+            )
     except StudyPubError as exc:
         error = exc.reason
     keys = list_keys(session)
@@ -641,8 +673,8 @@ def keys_revoke(name: str, user: AdminUser, session: SessionDep) -> Response:
 def _settings_form(request: Request, user: User, session: Any, settings: Settings, **extra: Any) -> Response:
     from studypub.overrides import load_overrides
 
-    overridden = load_overrides(session, settings.default_clinic_code)
-    values = current_values(effective_settings(session, settings))
+    overridden = load_overrides(session, user.clinic_code)
+    values = current_values(clinic_context(session, settings, user.clinic_code).settings)
     defaults = current_values(settings)
     session.commit()
     context: dict[str, Any] = {"error": None, "echo": None, "saved": False, **extra}
@@ -671,7 +703,7 @@ async def settings_save(request: Request, user: AdminUser, session: SessionDep, 
 
     def save() -> Response:
         try:
-            save_overrides(session, settings, values, actor=_actor(user))
+            save_overrides(session, settings, values, actor=_actor(user), clinic_code=user.clinic_code)
         except StudyPubError as exc:
             session.rollback()
             return _settings_form(request, user, session, settings, error=exc.reason)
@@ -681,11 +713,13 @@ async def settings_save(request: Request, user: AdminUser, session: SessionDep, 
 
 
 @router.post("/settings/echo")
-def settings_echo(request: Request, user: AdminUser, session: SessionDep, settings: SettingsDep) -> Response:
+def settings_echo(
+    request: Request, user: AdminUser, session: SessionDep, settings: SettingsDep, clinic: UserClinic
+) -> Response:
     """Test the PACS connection (C-ECHO) with the settings in force."""
     from studypub.dicom.scu import echo
 
-    effective = effective_settings(session, settings)
+    effective = clinic.settings
     started = datetime.now(UTC)
     result: dict[str, Any]
     try:
@@ -715,7 +749,7 @@ def audit_page(
     result = queries.audit_page(session, actor=actor or None, action=action or None, task_id=task_id or None, page=page)
     session.commit()
     params = {k: v for k, v in {"actor": actor, "action": action, "task_id": task_id}.items() if v}
-    t, tz = translator_for(request), zone(settings)
+    t, tz = translator_for(request), user_zone(request)
     entries = [
         {
             "at": e["at"],

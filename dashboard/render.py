@@ -43,7 +43,8 @@ HEADERS = {
 }
 
 # The menu: (path under the prefix, name, administrators only).
-SECTIONS: tuple[tuple[str, str, bool], ...] = (
+# (path, label, who: False everyone, True administrators, "super" the instance's superadmins)
+SECTIONS: tuple[tuple[str, str, bool | str], ...] = (
     ("queue", N_("Queue"), False),
     ("publish", N_("Publish"), False),
     ("published", N_("Published studies"), False),
@@ -51,6 +52,7 @@ SECTIONS: tuple[tuple[str, str, bool], ...] = (
     ("api-keys", N_("MIS keys"), True),
     ("settings", N_("Settings"), True),
     ("audit", N_("Audit"), True),
+    ("clinics", N_("Clinics"), "super"),
 )
 
 # The title of an error page, by status.
@@ -81,6 +83,12 @@ def zone(settings: Settings) -> ZoneInfo:
     return ZoneInfo(settings.links.time_zone)
 
 
+def user_zone(request: Request) -> ZoneInfo:
+    """The signed-in user's clinic's time zone (``api.deps`` resolves the clinic), else the environment's."""
+    clinic = getattr(request.state, "clinic", None)
+    return zone(clinic.settings if clinic is not None else request.app.state.settings)
+
+
 def translator_for(request: Request) -> Translator:
     return translator(choose_locale(request).locale)
 
@@ -101,12 +109,13 @@ def _page_path(request: Request) -> str:
 
 def _context(request: Request, t: Translator, user: User | None, csrf: str) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
-    tz = zone(settings)
+    tz = user_zone(request)
     here = _page_path(request)
     query = [(k, v) for k, v in request.query_params.multi_items() if k != LANG_PARAM and here == request.url.path]
     return {
         "user": user,
-        "is_admin": user is not None and user.role == Role.ADMINISTRATOR,
+        "is_admin": user is not None and user.role in (Role.ADMINISTRATOR, Role.SUPERADMIN),
+        "is_superadmin": user is not None and user.role == Role.SUPERADMIN,
         "csrf": csrf,
         "prefix": PREFIX,
         "static": f"{PREFIX}/static",

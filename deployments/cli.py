@@ -80,12 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, help="port (default: STUDYPUB_API__PORT)")
     k = sub.add_parser("create-api-key", help="create an MIS client's API key; prints it once")
     k.add_argument("--name", required=True, help="a name for the client, e.g. the MIS's name")
-    k.add_argument("--clinic", help="restrict the key to this clinic code (default: any clinic)")
+    k.add_argument(
+        "--clinic", help="the clinic code(s) the key may publish for, comma-separated (default: every clinic)"
+    )
     u = sub.add_parser(
         "create-user", help="create a dashboard user (the first administrator, say); asks for the password"
     )
     u.add_argument("--username", required=True)
-    u.add_argument("--role", choices=["administrator", "registrator"], default="registrator")
+    u.add_argument("--role", choices=["administrator", "registrator", "superadmin"], default="registrator")
+    u.add_argument("--clinic", help="the user's clinic code (default: STUDYPUB_DEFAULT_CLINIC_CODE)")
     u.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input (for scripts)"
     )
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     rv = sub.add_parser("revoke", help="withdraw a publication's link: delete its archive (the link answers 410)")
     rv.add_argument("task_id")
     sub.add_parser("retention", help="run the retention flow once, now (it also runs on its schedule)")
+    from deployments.clinic_cli import add_arguments as add_clinic_arguments
+
+    add_clinic_arguments(sub)
     r = sub.add_parser("run", help="run the service on this machine (Prefect server, demo PACS, worker, API)")
     from deployments.run import add_arguments
 
@@ -138,6 +144,7 @@ def _settings():  # type: ignore[no-untyped-def]
 def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from studypub.clinics import clinic_context
     from studypub.db import get_sessionmaker, migrate
     from studypub.dicom.receiver import port_is_free, start_receiver
     from studypub.errors import ConfigurationError, PublicationError, ValidationError
@@ -164,9 +171,10 @@ def cmd_publish(args: argparse.Namespace, out: IO[str]) -> int:
     sessions = get_sessionmaker(settings)
     with sessions() as session:
         try:
+            clinic = clinic_context(session, settings, args.clinic or settings.default_clinic_code)
             task, _created = request_publication(
                 session,
-                settings,
+                clinic.settings,
                 PublicationRequest(
                     patient_id=args.patient_id,
                     accession_number=args.accession,
@@ -328,11 +336,12 @@ def cmd_create_api_key(args: argparse.Namespace, out: IO[str]) -> int:
     migrate(settings)
     with get_sessionmaker(settings)() as session:
         try:
-            row, key = create_key(session, args.name, clinic_code=args.clinic, actor=_admin_actor())
+            codes = [c for c in (args.clinic or "").split(",") if c.strip()]
+            row, key = create_key(session, args.name, clinic_code=None, clinic_codes=codes, actor=_admin_actor())
         except StudyPubError as exc:
             _emit(out, {"status": "FAILED", "reason": exc.reason})
             return EXIT_FAILED
-        _emit(out, {"status": "ok", "name": row.name, "clinic_code": row.clinic_code, "api_key": key})
+        _emit(out, {"status": "ok", "name": row.name, "clinic_codes": row.clinic_codes, "api_key": key})
     print("Give this key to the MIS (header X-API-Key). It is shown only now.", file=sys.stderr)
     return EXIT_OK
 
@@ -355,7 +364,9 @@ def cmd_create_user(args: argparse.Namespace, out: IO[str]) -> int:
     migrate(settings)
     with get_sessionmaker(settings)() as session:
         try:
-            user = create_user(session, settings, args.username, password, args.role, actor=_admin_actor())
+            user = create_user(
+                session, settings, args.username, password, args.role, actor=_admin_actor(), clinic_code=args.clinic
+            )
         except StudyPubError as exc:
             _emit(out, {"status": "FAILED", "reason": exc.reason})
             return EXIT_FAILED
@@ -440,6 +451,7 @@ def cmd_list_api_keys(_args: argparse.Namespace, out: IO[str]) -> int:
             {
                 "name": k.name,
                 "clinic_code": k.clinic_code,
+                "clinic_codes": k.clinic_codes,
                 "hint": k.key_hint + "…",
                 "created_at": iso(k.created_at),
                 "last_used_at": iso(k.last_used_at),
@@ -481,6 +493,8 @@ def cmd_retention(_args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
+from deployments.clinic_cli import cmd_clinic  # noqa: E402
+
 COMMANDS = {
     "api": cmd_api,
     "create-api-key": cmd_create_api_key,
@@ -499,6 +513,7 @@ COMMANDS = {
     "receiver": cmd_receiver,
     "echo": cmd_echo,
     "deid-profile": cmd_deid_profile,
+    "clinic": cmd_clinic,
 }
 
 
@@ -517,6 +532,7 @@ JSON_COMMANDS = {
     "list-api-keys",
     "revoke",
     "retention",
+    "clinic",
 }
 
 

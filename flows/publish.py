@@ -29,6 +29,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from studypub.clinics import clinic_context
 from studypub.db import get_sessionmaker
 from studypub.errors import Aborted, PublicationError, StudyNotFound
 from studypub.i18n import N_
@@ -235,6 +236,7 @@ def publish_study(task_id: str) -> dict[str, Any]:
     owner = flow_run_id or f"local-{uuid.uuid4()}"
     with sessions() as session:
         task = get_task(session, task_id)
+        settings = clinic_context(session, settings, task.clinic_code).settings  # its clinic's
         if task.status in (TaskStatus.COMPLETED, TaskStatus.EXPIRED, TaskStatus.DELETED):
             # Done, or revoked/expired while the run waited: nothing to do (never publish a deleted study).
             return _summary(session, settings, task_id)

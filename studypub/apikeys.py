@@ -30,31 +30,56 @@ _touch_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: a live key's id, name and clinic restriction (None: any clinic)."""
+    """Who is calling: a live key's id, name and the clinics it may publish for (None: every clinic)."""
 
     id: int
     name: str
-    clinic_code: str | None
+    clinic_codes: frozenset[str] | None
+
+    def allows(self, clinic_code: str) -> bool:
+        return self.clinic_codes is None or clinic_code in self.clinic_codes
 
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str, *, clinic_code: str | None, actor: str) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the key itself (shown once, never stored)."""
+def create_key(
+    session: Session,
+    name: str,
+    *,
+    clinic_code: str | None,
+    actor: str,
+    clinic_codes: list[str] | None = None,
+    every_clinic: bool = False,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the key itself (shown once, never stored). The key publishes for
+    ``clinic_codes`` (known clinics), or ``clinic_code`` alone, or every clinic when neither is given (or
+    ``every_clinic``); ``clinic_code`` is its home clinic (whose administrators see it)."""
+    from studypub.clinics import require_clinic
+
     name = (name or "").strip()
     if not name or len(name) > 64:
         raise ValidationError(N_("the key needs a name of 1 to 64 characters"))
+    codes = list(clinic_codes or ([clinic_code] if clinic_code else []))
+    allowed = None if every_clinic or not codes else sorted({require_clinic(session, c).code for c in codes})
+    home = require_clinic(session, clinic_code).code if clinic_code else (allowed[0] if allowed else None)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name, clinic_code=clinic_code, key_hash=_hash(key), key_hint=key[:8], created_by=actor)
+    row = ApiKey(
+        name=name,
+        clinic_code=home,
+        clinic_codes=allowed,
+        key_hash=_hash(key),
+        key_hint=key[:8],
+        created_by=actor,
+    )
     session.add(row)
     try:
         session.flush()
     except IntegrityError as exc:
         session.rollback()
         raise ValidationError(N_("an API key named %(name)s already exists", name=repr(name))) from exc
-    session.add(AuditEvent(actor=actor, action="api_key.created", clinic_code=clinic_code, details={"name": name}))
+    session.add(AuditEvent(actor=actor, action="api_key.created", clinic_code=home, details={"name": name}))
     session.commit()
     return row, key
 
@@ -88,7 +113,11 @@ def authenticate(session: Session, key: str | None) -> Caller | None:
     if cached is not None and cached[1] > now_mono:
         return cached[0]
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
-    caller = None if row is None or row.revoked_at is not None else Caller(row.id, row.name, row.clinic_code)
+    caller = (
+        None
+        if row is None or row.revoked_at is not None
+        else Caller(row.id, row.name, None if row.clinic_codes is None else frozenset(row.clinic_codes))
+    )
     with _touch_lock:
         if len(_cache) >= _CACHE_MAX:
             _cache.clear()

@@ -108,7 +108,16 @@ def get_engine(settings: Settings | None = None) -> Engine:
 
 
 def get_sessionmaker(settings: Settings | None = None) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(settings), expire_on_commit=False)
+    """Sessions of the service itself (worker, retention, CLI): the system scope (``studypub.tenancy``). The
+    web routes get theirs from ``tenancy.tenant_sessionmaker``, confined to the caller's clinics."""
+    return _system_sessions(get_engine(settings))
+
+
+@lru_cache
+def _system_sessions(engine: Engine) -> sessionmaker[Session]:
+    from studypub.tenancy import system_sessionmaker
+
+    return system_sessionmaker(engine)
 
 
 @contextmanager
@@ -136,3 +145,7 @@ def migrate(settings: Settings | None = None) -> None:
     cfg.attributes["engine"] = get_engine(s)
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, "head")
+    from studypub.clinics import ensure_default_clinic
+
+    with get_sessionmaker(s)() as session:  # an instance that never configured clinics has its default one
+        ensure_default_clinic(session, s)

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models. Every row that belongs to a clinic carries ``clinic_code``.
+"""SQLAlchemy 2 models. Every row that belongs to a clinic carries ``clinic_code`` (normalised, see
+``studypub.clinics``); ``studypub.tenancy`` filters them by the clinic of the session's scope.
 
 ``tasks`` is the processing queue and the request (one row per publication). The PID and accession live
 here only; Prefect sees the task id alone. ``published_studies`` is the result, one row per task once the
@@ -261,13 +262,17 @@ class User(Base):
 
 
 class ApiKey(Base):
-    """A key of an MIS client. Only its SHA-256 is stored (the key is 256 random bits, shown once)."""
+    """A key of an MIS client. Only its SHA-256 is stored (the key is 256 random bits, shown once).
+
+    ``clinic_code`` is its home clinic (who manages it); ``clinic_codes`` the clinics it may publish for:
+    a list of codes, or None for every clinic of the instance (one MIS serving several branches)."""
 
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    clinic_code: Mapped[str | None] = mapped_column(String(64))  # None: any clinic
+    clinic_code: Mapped[str | None] = mapped_column(String(64), index=True)  # None: made by the instance
+    clinic_codes: Mapped[list[str] | None] = mapped_column(JSON)  # None: any clinic
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     key_hint: Mapped[str] = mapped_column(String(8))  # the key's first characters, to recognise it
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -312,3 +317,25 @@ class ViewerIndex(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Clinic(Base):
+    """A clinic of the instance: who it is to its patients, its PACS and its time zone and languages. Its
+    overridable settings (storage periods, burned-in policy, the PACS peer...) are the ``settings`` rows of
+    its code (``studypub.overrides``); ``studypub.clinics`` builds its effective settings from both.
+
+    ``code`` is the normalised ``clinic_code`` (trimmed, case-folded): one spelling per clinic."""
+
+    __tablename__ = "clinics"
+
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    names: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # language -> display name
+    phone: Mapped[str | None] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(256))
+    time_zone: Mapped[str | None] = mapped_column(String(64))  # None: the environment's
+    languages: Mapped[list[str] | None] = mapped_column(JSON)  # the first is its pages' default; None: env
+    logo_url: Mapped[str | None] = mapped_column(String(512))
+    colour: Mapped[str | None] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

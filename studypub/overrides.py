@@ -7,8 +7,6 @@ Every process applies them: the API and dashboard per request, the flow's steps 
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -31,29 +29,36 @@ OVERRIDABLE: tuple[str, ...] = (
     "pacs.port",
     "pacs.called_ae",
 )
+# What a clinic's settings may hold beyond the dashboard's fields (set by the superadmin: `studypub clinic`).
+CLINIC_OVERRIDABLE: tuple[str, ...] = (
+    *OVERRIDABLE,
+    "pacs.calling_ae",
+    "pacs.retrieve_method",
+    "pacs.store_from_aes",
+)
 CACHE_SECONDS = 5.0
 
-_cache: dict[tuple[int, str], tuple[float, Settings]] = {}
-_lock = threading.Lock()
 
 
-def current_values(settings: Settings) -> dict[str, Any]:
-    return {name: getattr(getattr(settings, name.split(".")[0]), name.split(".")[1]) for name in OVERRIDABLE}
+def current_values(settings: Settings, names: tuple[str, ...] = OVERRIDABLE) -> dict[str, Any]:
+    return {name: getattr(getattr(settings, name.split(".")[0]), name.split(".")[1]) for name in names}
 
 
-def load_overrides(session: Session, clinic_code: str) -> dict[str, Any]:
+def load_overrides(session: Session, clinic_code: str, names: tuple[str, ...] = OVERRIDABLE) -> dict[str, Any]:
     rows = session.execute(
-        select(Setting.key, Setting.value).where(Setting.clinic_code == clinic_code, Setting.key.in_(OVERRIDABLE))
+        select(Setting.key, Setting.value).where(Setting.clinic_code == clinic_code, Setting.key.in_(names))
     )
     return {key: value for key, value in rows}
 
 
-def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+def apply_overrides(
+    settings: Settings, overrides: dict[str, Any], names: tuple[str, ...] = CLINIC_OVERRIDABLE
+) -> Settings:
     """``settings`` with the overrides applied, each section validated again. Raises ValidationError with the
     field's name and reason."""
     sections: dict[str, dict[str, Any]] = {}
     for name, value in overrides.items():
-        if name in OVERRIDABLE:
+        if name in names:
             section, field = name.split(".")
             sections.setdefault(section, {})[field] = value
     update: dict[str, Any] = {}
@@ -94,39 +99,41 @@ def _problem(setting: str, err: dict[str, Any]) -> str:
 
 
 def effective_settings(session: Session, settings: Settings, clinic_code: str | None = None) -> Settings:
-    """The settings with the dashboard's overrides for the clinic (cached a few seconds per process)."""
-    clinic = clinic_code or settings.default_clinic_code
-    key = (id(settings), clinic)
-    now = time.monotonic()
-    with _lock:
-        hit = _cache.get(key)
-    if hit is not None and now - hit[0] < CACHE_SECONDS:
-        return hit[1]
-    overrides = load_overrides(session, clinic)
+    """The clinic's effective settings: what ``studypub.clinics.clinic_context`` resolves (the environment,
+    the clinic's row, its overrides), which callers should use directly. Kept for callers that only need the
+    settings; an unknown clinic gets the environment's."""
+    from studypub.clinics import UnknownClinic, clinic_context
+
     try:
-        result = apply_overrides(settings, overrides) if overrides else settings
-    except ValidationError:
-        result = settings  # saved values are validated; a later environment change may clash: keep the defaults
-    with _lock:
-        _cache[key] = (now, result)
-    return result
+        return clinic_context(session, settings, clinic_code or settings.default_clinic_code).settings
+    except UnknownClinic:
+        return settings
 
 
 def save_overrides(
-    session: Session, settings: Settings, values: dict[str, Any], *, actor: str, clinic_code: str | None = None
+    session: Session,
+    settings: Settings,
+    values: dict[str, Any],
+    *,
+    actor: str,
+    clinic_code: str | None = None,
+    names: tuple[str, ...] = OVERRIDABLE,
+    commit: bool = True,
 ) -> Settings:
-    """Validate and store the administrator's values (an empty value returns the field to its default)."""
+    """Validate and store the administrator's values for ``names`` (an empty value returns the field to its
+    default); the clinic's other settings stay as they are."""
+    from studypub.clinics import normalise_code
     from studypub.publications import audit
 
-    clinic = clinic_code or settings.default_clinic_code
-    chosen = {name: value for name, value in values.items() if name in OVERRIDABLE and value not in (None, "")}
-    result = apply_overrides(settings, chosen)  # raises before anything is stored
+    clinic = normalise_code(clinic_code or settings.default_clinic_code)
+    chosen = {name: value for name, value in values.items() if name in names and value not in (None, "", [])}
+    result = apply_overrides(settings, chosen, names)  # raises before anything is stored
     existing = {row.key: row for row in session.scalars(select(Setting).where(Setting.clinic_code == clinic))}
     changed: dict[str, Any] = {}
-    for name in OVERRIDABLE:
+    for name in names:
         row = existing.get(name)
         if name in chosen:
-            value = current_values(result)[name]
+            value = current_values(result, names)[name]
             if row is None:
                 session.add(Setting(clinic_code=clinic, key=name, value=value, updated_by=actor))
                 changed[name] = value
@@ -137,8 +144,16 @@ def save_overrides(
             session.delete(row)
             changed[name] = None
     if changed:
-        audit(session, actor=actor, action="settings.changed", details={"changed": changed})
-    session.commit()
-    with _lock:
-        _cache.clear()
+        audit(session, actor=actor, action="settings.changed", details={"changed": changed}, clinic_code=clinic)
+    if commit:
+        session.commit()
+    clear_cache()
     return result
+
+
+def clear_cache() -> None:
+    """Forget this process's resolved clinic contexts (after a change); other processes within CACHE_SECONDS."""
+    from studypub import clinics
+
+    with clinics._lock:
+        clinics._contexts.clear()

@@ -131,17 +131,21 @@ def request_publication(
 ) -> tuple[Task, bool]:
     """Record a request, or return the live publication of the same study. Returns (task, created).
 
-    Concurrent identical requests produce one row: the partial unique index decides the race.
+    Concurrent identical requests produce one row: the partial unique index decides the race. The clinic
+    must be known (any spelling of its code); ``settings`` are the clinic's.
     """
+    from studypub.clinics import require_clinic
+
+    clinic = require_clinic(session, req.clinic_code).code
     pid = _validate_identifier("patient_id", req.patient_id)
     acsn = _validate_identifier("accession_number", req.accession_number)
     save_till = resolve_save_till(settings, req.save_till)
-    existing = find_active(session, req.clinic_code, pid, acsn)
+    existing = find_active(session, clinic, pid, acsn)
     if existing is not None and not _expire_if_due(session, existing):
         return existing, False
     task = Task(
         id=str(uuid.uuid4()),
-        clinic_code=req.clinic_code,
+        clinic_code=clinic,
         patient_id=pid,
         accession_number=acsn,
         emk_record_id=req.emk_record_id,
@@ -166,7 +170,7 @@ def request_publication(
         session.flush()
     except IntegrityError:
         session.rollback()
-        existing = find_active(session, req.clinic_code, pid, acsn)
+        existing = find_active(session, clinic, pid, acsn)
         if existing is None:
             raise
         return existing, False
@@ -904,12 +908,16 @@ def audit(
     action: str,
     task: Task | None = None,
     details: dict[str, Any] | None = None,
+    clinic_code: str | None = None,
 ) -> None:
+    """An audit event of the task's clinic, else of ``clinic_code``, else of the session's one clinic."""
+    from studypub.tenancy import scope_clinic
+
     session.add(
         AuditEvent(
             actor=actor,
             action=action,
-            clinic_code=task.clinic_code if task else None,
+            clinic_code=task.clinic_code if task else (clinic_code or scope_clinic(session)),
             task_id=task.id if task else None,
             details=details or {},
         )

@@ -33,8 +33,9 @@ _DUMMY_HASH = _passwords.hash("not a password of anyone")
 
 
 class Role(enum.StrEnum):
-    ADMINISTRATOR = "administrator"
-    REGISTRATOR = "registrator"
+    ADMINISTRATOR = "administrator"  # runs one clinic: its users, keys, settings
+    REGISTRATOR = "registrator"  # publishes for one clinic
+    SUPERADMIN = "superadmin"  # the instance's operator: every clinic, the clinics themselves
 
 
 def hash_password(password: str) -> str:
@@ -88,11 +89,13 @@ def create_user(
     actor: str,
     clinic_code: str | None = None,
 ) -> User:
+    from studypub.clinics import require_clinic
+
     user = User(
         username=check_username(username),
         password_hash=hash_password(check_password_rules(password)),
         role=check_role(role).value,
-        clinic_code=clinic_code or settings.default_clinic_code,
+        clinic_code=require_clinic(session, clinic_code or settings.default_clinic_code).code,
         disabled=False,
     )
     session.add(user)

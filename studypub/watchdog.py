@@ -188,11 +188,8 @@ class Watchdog:
             self._thread.join(timeout=10)
 
     def run_once(self) -> WatchReport:
-        from studypub.overrides import effective_settings
-
-        with self._sessions() as session:
-            settings = effective_settings(session, self._settings)
-            report = watch(session, settings)
+        with self._sessions() as session:  # its settings (leases, waits) are the instance's, not a clinic's
+            report = watch(session, self._settings)
         counts = report.counts()
         if any(counts.values()):
             log.info("Watchdog pass", extra=details(**counts))

@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.orm import Session
 
+from studypub.clinics import ClinicContext, clinic_context
 from studypub.db import get_sessionmaker
 from studypub.errors import PacsUnavailable, StorageUnavailable, TransientError, is_retryable
 from studypub.i18n import N_
 from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
 from studypub.models import Task, utcnow
-from studypub.overrides import effective_settings
 from studypub.publications import get_task, local_time, note_waiting
 from studypub.settings import Settings, get_settings
 from studypub.spool import WorkPaths, check_abort, work_paths
@@ -47,20 +47,24 @@ TASK_DEFAULTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": Fal
 
 @dataclass
 class StepContext:
+    """What a step works with: its publication's clinic's effective settings (that clinic's PACS, storage
+    periods, policies), a session, the task and its work folder. Resolved here, once per step."""
+
     settings: Settings
     session: Session
     task: Task
     paths: WorkPaths
+    clinic: ClinicContext | None = None
 
 
 @contextmanager
 def step_context(task_id: str) -> Iterator[StepContext]:
     base = get_settings()
-    session = get_sessionmaker(base)()
+    session = get_sessionmaker(base)()  # the system's: a step works on whichever clinic's publication it is given
     try:
-        settings = effective_settings(session, base)  # with the administrator's dashboard settings
         task = get_task(session, task_id)
-        yield StepContext(settings, session, task, work_paths(settings.work_dir, task_id))
+        clinic = clinic_context(session, base, task.clinic_code)  # its PACS, its settings
+        yield StepContext(clinic.settings, session, task, work_paths(base.work_dir, task_id), clinic)
     finally:
         session.close()
 

@@ -85,7 +85,7 @@ def retrieve_study(settings: Settings, study: dict, paths: WorkPaths, progress, 
         )
     else:
         registry = registry_for(settings)
-        registry.register(study_uid, paths.raw, owner)
+        registry.register(study_uid, paths.raw, owner, settings.pacs.store_from_aes or [settings.pacs.called_ae])
         try:
             result = scu.move_study(
                 settings, study_uid, progress=progress, expected=expected, stop=paths.abort_marker.exists

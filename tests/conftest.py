@@ -90,9 +90,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
         _engine_for.cache_clear()
     monkeypatch.setenv("STUDYPUB_DATABASE__URL", url)
     _clear_settings_cache()
-    from studypub.db import migrate
+    from tests.support.api import ensure_test_clinics
 
-    migrate()
+    ensure_test_clinics()  # migrated, with the clinics the tests publish for
     return url
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from studypub.overrides import effective_settings
+from studypub.clinics import clinic_context
 from studypub.readiness import readiness
 
 router = APIRouter(tags=["operations"])
@@ -38,8 +38,8 @@ def ready(request: Request) -> JSONResponse:
         try:
             settings = state.settings
             try:
-                with state.sessions() as session:
-                    settings = effective_settings(session, settings)  # the PACS the dashboard chose
+                with state.system_sessions() as session:  # the default clinic's PACS, as its dashboard set it
+                    settings = clinic_context(session, settings, settings.default_clinic_code).settings
             except Exception:  # noqa: S110 - the database check below reports it
                 pass
             checks = readiness(settings)

@@ -34,8 +34,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import PublicSessionDep, SettingsDep
 from api.i18n import choose_locale, remember_locale
+from studypub.clinics import ClinicContext, UnknownClinic, clinic_context
 from studypub.errors import StorageUnavailable
 from studypub.i18n import N_
 from studypub.i18n.labels import modality_names
@@ -279,13 +280,43 @@ def _facts(t: Translator, link: Link, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _link_page(request: Request, session: Session, settings: Settings, key: str, link: Link) -> Response:
+def _clinic(session: Session, settings: Settings, link: Link) -> ClinicContext | None:
+    """The publication's clinic (its name, contact and branding for the page; its time zone for the dates)."""
+    if not link.exists or not link.clinic_code:
+        return None
+    try:
+        return clinic_context(session, settings, link.clinic_code)
+    except UnknownClinic:  # disabled since: the page still serves the study
+        return None
+
+
+def _link_page(
+    request: Request,
+    session: Session,
+    settings: Settings,
+    key: str,
+    link: Link,
+    clinic: ClinicContext | None = None,
+) -> Response:
     if link.state is LinkState.UNKNOWN:
         return _not_found(request)
     if link.state is LinkState.GONE:
         return _gone(request)
     t = translator(choose_locale(request).locale)
+    if clinic is not None:
+        settings = clinic.settings
     facts = _facts(t, link, settings)
+    facts["clinic"] = (
+        None
+        if clinic is None
+        else {
+            "name": clinic.name(t.locale),
+            "phone": clinic.phone,
+            "address": clinic.address,
+            "logo_url": clinic.logo_url,
+            "colour": clinic.colour,
+        }
+    )
     if link.state is LinkState.READY:
         download = request.url_for("link_download", key=key).path
         view = None
@@ -375,11 +406,11 @@ def _show(request: Request, session: Session, settings: Settings, key: str) -> R
     link = find_link(session, key)
     if request.method == "GET" and link.exists:
         _safely("view", lambda: record_view(session, link, _client(request)), session)
-    return _link_page(request, session, settings, key, link)
+    return _link_page(request, session, settings, key, link, _clinic(session, settings, link))
 
 
 @router.api_route("/s/{key}", methods=["GET", "HEAD"], name="link_page", include_in_schema=False)
-def link_page(key: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+def link_page(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
     """The link's page: ready (facts, download button, help), being prepared (refreshes), failed, 404, 410."""
     try:
         return _show(request, session, settings, key)
@@ -406,7 +437,7 @@ def _deleted_meanwhile(session: Session, link: Link, client: Client, via: str) -
 
 
 @router.api_route("/s/{key}/download", methods=["GET", "HEAD"], name="link_download", include_in_schema=False)
-def link_download(key: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+def link_download(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
     """The archive: 302 to a presigned URL (S3) or the file (local storage, with Range). Not ready: 303 to
     the page; unknown: 404; expired or deleted: 410."""
     try:
@@ -449,7 +480,7 @@ def _download(key: str, request: Request, session: Session, settings: Settings) 
 
 @router.api_route("/s", methods=["GET", "HEAD"], include_in_schema=False)
 @router.api_route("/s/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
-def link_other(request: Request, session: SessionDep, settings: SettingsDep, rest: str = "") -> Response:
+def link_other(request: Request, session: PublicSessionDep, settings: SettingsDep, rest: str = "") -> Response:
     """Anything else under /s/ (an empty key, a key with slashes, a trailing slash): looked up like a key, so
     it has the same look and cost as any other miss."""
     try:

@@ -14,6 +14,7 @@ from api.deps import MisClient, SessionDep, SettingsDep
 from api.jsonbody import JsonBodyRoute
 from api.schemas import SPEC_EXAMPLE, Error, ExtendRequest, Publication, PublishRequest
 from studypub.apikeys import Caller
+from studypub.clinics import clinic_context, normalise_code
 from studypub.errors import Forbidden, NotFound
 from studypub.models import Task, TaskStatus
 from studypub.publications import (
@@ -32,7 +33,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "No API key, or a wrong or revoked one."},
     403: {"model": Error, "description": "The key belongs to another clinic."},
     413: {"model": Error, "description": "The body is too large."},
-    422: {"model": Error, "description": "Invalid request: the reason names the field."},
+    422: {"model": Error, "description": "Invalid request (the reason names the field), or an unknown clinic."},
     429: {"model": Error, "description": "Too many requests."},
     503: {"model": Error, "description": "The database is unavailable; retry later (nothing was recorded)."},
 }
@@ -51,7 +52,8 @@ def _view(
 
 
 def _own(client: Caller, task: Task) -> Task:
-    if client.clinic_code is not None and task.clinic_code != client.clinic_code:
+    # The session's scope already hides other clinics' tasks (studypub.tenancy); this states it again.
+    if not client.allows(task.clinic_code):
         raise NotFound("no such task")  # a key of one clinic does not learn about another's tasks
     return task
 
@@ -79,11 +81,12 @@ def publish(
     """Record the request and answer at once with the task and **the patient's link, issued now** (the
     page says "being prepared" until the archive is ready). The same study again returns the same task and
     link; a failed one is queued again (same link)."""
-    if client.clinic_code is not None and body.clinic_code != client.clinic_code:
+    if not client.allows(normalise_code(body.clinic_code)):
         raise Forbidden("this API key cannot publish for that clinic")
+    clinic = clinic_context(session, settings, body.clinic_code)  # unknown: 422, nothing recorded
     task, created = request_publication(
         session,
-        settings,
+        clinic.settings,
         PublicationRequest(
             patient_id=body.patient_id,
             accession_number=body.accession_number,
@@ -105,7 +108,7 @@ def publish(
         request.app.state.dispatcher.wake()
     if task.status == TaskStatus.COMPLETED:
         response.status_code = status.HTTP_200_OK
-    return _view(request, session, settings, task)
+    return _view(request, session, clinic.settings, task)
 
 
 @router.get(
@@ -120,7 +123,8 @@ def get_publication(
 ) -> Publication:
     """Status, current step, progress (instances received / expected), the error reason, link, size, save_till."""
     task = _own(client, get_task(session, str(task_id)))
-    return _view(request, session, settings, task, with_queue=True)
+    clinic = clinic_context(session, settings, task.clinic_code)
+    return _view(request, session, clinic.settings, task, with_queue=True)
 
 
 @router.post(
@@ -140,5 +144,6 @@ def extend_publication(
     """Move `save_till` forward, up to the maximum retention. A study past its date but not yet deleted can
     be extended; a deleted one cannot."""
     task = _own(client, get_task(session, str(task_id)))
-    task = extend(session, settings, task.id, body.save_till_date, actor=f"mis:{client.name}")
-    return _view(request, session, settings, task)
+    clinic = clinic_context(session, settings, task.clinic_code)
+    task = extend(session, clinic.settings, task.id, body.save_till_date, actor=f"mis:{client.name}")
+    return _view(request, session, clinic.settings, task)

@@ -77,12 +77,13 @@ class Registry:
     def _dir(self, study_uid: str) -> Path:
         return self.root / routing_key(self.secret, study_uid)
 
-    def register(self, study_uid: str, dest_dir: Path, owner: str) -> None:
+    def register(self, study_uid: str, dest_dir: Path, owner: str, aes: list[str] | None = None) -> None:
+        """``aes``: the AE titles allowed to store this publication's instances (its clinic's PACS)."""
         dest_dir.mkdir(parents=True, exist_ok=True)
         folder = self._dir(study_uid)
         folder.mkdir(exist_ok=True)
         tmp = folder / f".{owner}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"dir": str(dest_dir)}))
+        tmp.write_text(json.dumps({"dir": str(dest_dir), "aes": aes}))
         tmp.replace(folder / f"{owner}.json")
 
     def unregister(self, study_uid: str, owner: str) -> None:
@@ -91,12 +92,18 @@ class Registry:
         with contextlib.suppress(OSError):  # not empty: another publication still retrieves this study
             folder.rmdir()
 
-    def lookup(self, study_uid: str) -> list[Path]:
+    def lookup(self, study_uid: str, calling_ae: str | None = None) -> list[Path]:
+        """The spools of the publications retrieving ``study_uid``; with ``calling_ae``, only those whose
+        clinic's PACS is that AE (one clinic's PACS cannot fill another clinic's publication)."""
         dirs = []
         for entry in sorted(self._dir(study_uid).glob("*.json")):
             try:
-                dirs.append(Path(json.loads(entry.read_text())["dir"]))
-            except (FileNotFoundError, ValueError, KeyError):
+                data = json.loads(entry.read_text())
+                aes = data.get("aes")
+                if calling_ae is not None and aes is not None and calling_ae not in aes:
+                    continue
+                dirs.append(Path(data["dir"]))
+            except (FileNotFoundError, ValueError, KeyError, AttributeError):
                 continue
         return dirs
 
@@ -123,9 +130,10 @@ def make_store_handler(registry: Registry) -> Callable[[Event], int]:
             log.warning("Refused an instance that could not be parsed")
             return STATUS_CANNOT_UNDERSTAND
         # A publication that was aborted (failed, cancelled) takes nothing more: its raw folder is being removed.
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
         dests = [
             d
-            for d in (registry.lookup(study_uid) if study_uid else [])
+            for d in (registry.lookup(study_uid, calling_ae) if study_uid else [])
             if not WorkPaths(d.parent).abort_marker.exists()
         ]
         if not dests:
@@ -159,6 +167,35 @@ def registry_for(settings: Settings) -> Registry:
     return Registry(settings.work_dir / "receiving", settings.secret_bytes())
 
 
+_aes_cache: dict[int, tuple[float, list[str]]] = {}
+AES_CACHE_SECONDS = 5.0
+
+
+def storing_aes(settings: Settings) -> list[str]:
+    """Every AE title allowed to store to us: each clinic's PACS (``pacs.store_from_aes``, else its called
+    AE), and the environment's. Re-read at most every few seconds."""
+    now = time.monotonic()
+    hit = _aes_cache.get(id(settings))
+    if hit is not None and now - hit[0] < AES_CACHE_SECONDS:
+        return hit[1]
+    found = set(settings.pacs.store_from_aes or [settings.pacs.called_ae])
+    try:
+        from studypub.clinics import clinic_context, list_clinics
+        from studypub.db import get_sessionmaker
+
+        with get_sessionmaker(settings)() as session:
+            for clinic in list_clinics(session):
+                if clinic.disabled:
+                    continue
+                pacs = clinic_context(session, settings, clinic.code).settings.pacs
+                found.update(pacs.store_from_aes or [pacs.called_ae])
+    except Exception as exc:  # the database is down: the last answer (or the environment's) stands
+        log.warning("Could not read the clinics' PACS", extra={"details": {"error": type(exc).__name__}})
+        return hit[1] if hit else sorted(found)
+    _aes_cache[id(settings)] = (now, sorted(found))
+    return sorted(found)
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -174,9 +211,14 @@ def start_receiver(settings: Settings, *, block: bool = False):  # type: ignore[
     ae = make_ae(settings)
     ae.supported_contexts = storage_scp_contexts()
     ae.add_supported_context(Verification)
-    # Only the PACS may store to us (by its AE title; C-MOVE sub-operations come from it).
-    ae.require_calling_aet = settings.pacs.store_from_aes or [settings.pacs.called_ae]
-    handlers = [(evt.EVT_C_STORE, make_store_handler(registry_for(settings)))]
+    # Only the clinics' PACS may store to us (by AE title; C-MOVE sub-operations come from them), each only
+    # into its own clinic's publications (the registrations say whose). Clinics added later are let in too.
+    ae.require_calling_aet = storing_aes(settings)
+
+    def refresh(_event: Event) -> None:
+        ae.require_calling_aet = storing_aes(settings)
+
+    handlers = [(evt.EVT_C_STORE, make_store_handler(registry_for(settings))), (evt.EVT_CONN_OPEN, refresh)]
     log.info(
         "Storage SCP listening",
         extra={"details": {"ae": settings.pacs.calling_ae, "port": settings.pacs.scp_port}},

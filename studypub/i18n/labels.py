@@ -38,6 +38,7 @@ ROLES = Labels(
     {
         "administrator": pN_("role", "administrator"),
         "registrator": pN_("role", "registrator"),
+        "superadmin": pN_("role", "superadmin"),
     },
 )
 
@@ -110,6 +111,9 @@ SETTINGS = Labels(
         "pacs.host": pN_("setting", "PACS host"),
         "pacs.port": pN_("setting", "PACS DICOM port"),
         "pacs.called_ae": pN_("setting", "PACS AE title"),
+        "pacs.calling_ae": pN_("setting", "Our AE title at this PACS (C-MOVE destination)"),
+        "pacs.retrieve_method": pN_("setting", "Retrieval (move or get)"),
+        "pacs.store_from_aes": pN_("setting", "AE titles that may store to us (comma-separated)"),
     },
 )
 

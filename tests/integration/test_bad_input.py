@@ -124,6 +124,7 @@ def test_every_route_refuses_a_nul_in_its_path_query_and_body(server: Any) -> No
         "name": "nul-key",
         "key": "A" * 22,
         "rest": "x/y",
+        "code": "f_khimki",
     }
     make_api_key("nul-key")
     with Browser(server.base_url) as anonymous, Browser(server.base_url) as admin:

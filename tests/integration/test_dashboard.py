@@ -184,7 +184,7 @@ def test_no_built_in_password_in_production() -> None:
 # --- the role matrix over every route -------------------------------------------------------------------------
 
 # Every route of the app, by who may use it. A new route fails the test until it is classified here.
-PUBLIC, MIS, USER, EXTEND, ADMIN = "public", "mis", "user", "extend", "admin"
+PUBLIC, MIS, USER, EXTEND, ADMIN, SUPER = "public", "mis", "user", "extend", "admin", "superadmin"
 ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
@@ -236,6 +236,9 @@ ACCESS: dict[tuple[str, str], str] = {
     ("POST", "/dashboard/settings"): ADMIN,
     ("POST", "/dashboard/settings/echo"): ADMIN,
     ("GET", "/dashboard/audit"): ADMIN,
+    ("GET", "/dashboard/clinics"): SUPER,
+    ("POST", "/dashboard/clinics"): SUPER,
+    ("POST", "/dashboard/clinics/{code}"): SUPER,
 }
 
 
@@ -308,6 +311,7 @@ def test_role_matrix(db_url: str, dashboard: Any) -> None:
         "rest": "x/y",
         "n": "0",
         "path": "choose.js",
+        "code": "f_khimki",
     }
     n = 0
     for (method, template), access in sorted(ACCESS.items()):
@@ -342,7 +346,7 @@ def test_role_matrix(db_url: str, dashboard: Any) -> None:
                 else:
                     assert answer.status_code == 303, where
                     assert answer.headers["location"].startswith("/dashboard/login?next="), where
-            elif role == "reg" and access in (ADMIN, EXTEND):
+            elif access == SUPER or (role == "reg" and access in (ADMIN, EXTEND)):  # superadmins: test_clinics
                 assert answer.status_code == 403, where
                 assert "text/html" in answer.headers["content-type"]
             else:
@@ -354,7 +358,7 @@ def test_csrf_is_required_on_every_form(db_url: str, dashboard: Any) -> None:
     api = dashboard(STUDYPUB_DASHBOARD__LOGIN_RATE_LIMIT="1000/minute")
     victim = make_user("victim", "registrator")
     seeded = seed_publication(status="FAILED")
-    values = {"task_id": seeded.task_id, "user_id": str(victim), "name": "nokey"}
+    values = {"task_id": seeded.task_id, "user_id": str(victim), "name": "nokey", "code": "f_khimki"}
     before = len(audit_actions())
     posts = [template for (method, template) in ACCESS if method == "POST" and template.startswith("/dashboard")]
     assert len(posts) >= 15

@@ -192,7 +192,7 @@ def test_each_state_renders_in_russian_and_english(db_url: str, api_server: Any)
     views = audits(ready_seed.task_id, "link.viewed")
     assert len(views) == 4  # two GETs per language; the HEAD is not a view
     for view in views:
-        assert view.actor == "link" and view.clinic_code == "f_Khimki"
+        assert view.actor == "link" and view.clinic_code == "f_khimki"
         assert view.details["key"] == ready_seed.link_key[:6]
         assert view.details["net"] == "127.0.0.0/24"
         assert view.details["ua"] == "bot"  # httpx's own user agent: a script

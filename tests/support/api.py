@@ -80,12 +80,30 @@ class ApiServer:
         self.stop()
 
 
-def make_api_key(name: str = "test-mis", clinic_code: str | None = None) -> str:
-    from studypub.apikeys import create_key
+TEST_CLINICS = ("f_Khimki", "f_Other")  # the clinics the tests publish for, beside the default one
+
+
+def ensure_test_clinics(*codes: str) -> None:
+    """The database migrated, with the test clinics (and ``codes``) known to it, as an administrator would
+    have added them (`studypub clinic add`)."""
+    from studypub.clinics import add_clinic, get_clinic
     from studypub.db import get_sessionmaker, migrate
     from studypub.settings import get_settings
 
-    migrate(get_settings())
+    settings = get_settings()
+    migrate(settings)
+    with get_sessionmaker(settings)() as session:
+        for code in (*TEST_CLINICS, *codes):
+            if get_clinic(session, code) is None:
+                add_clinic(session, settings, code, actor="test")
+
+
+def make_api_key(name: str = "test-mis", clinic_code: str | None = None) -> str:
+    from studypub.apikeys import create_key
+    from studypub.db import get_sessionmaker
+    from studypub.settings import get_settings
+
+    ensure_test_clinics()
     with get_sessionmaker(get_settings())() as session:
         return create_key(session, name, clinic_code=clinic_code, actor="test")[1]
 
@@ -132,6 +150,7 @@ def seed_publication(
     from studypub.storage import open_storage
 
     settings = get_settings()
+    ensure_test_clinics(clinic_code)
     sessions = get_sessionmaker(settings)
     with sessions() as session:
         task, _ = request_publication(

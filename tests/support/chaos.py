@@ -747,7 +747,7 @@ class ChaosStack:
         db_url: str,
         name: str = "chaos",
         config: StackConfig | None = None,
-        clinic_code: str = "f_Khimki",
+        clinic_code: str = "default",
     ) -> None:
         self.root = Path(root)
         self.name = name

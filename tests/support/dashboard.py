@@ -13,12 +13,15 @@ _CSRF = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
 
 
 def make_user(username: str, role: str = "registrator", password: str = PASSWORD, **kwargs: Any) -> int:
-    from studypub.db import get_sessionmaker, migrate
+    """A user of the clinic ``seed_publication`` publishes for, unless ``clinic_code`` says otherwise."""
+    from studypub.db import get_sessionmaker
     from studypub.settings import get_settings
     from studypub.users import create_user
+    from tests.support.api import ensure_test_clinics
 
     settings = get_settings()
-    migrate(settings)
+    ensure_test_clinics()
+    kwargs.setdefault("clinic_code", "f_Khimki")
     with get_sessionmaker(settings)() as session:
         return create_user(session, settings, username, password, role, actor="test", **kwargs).id
 

@@ -212,6 +212,10 @@ def api_server(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     started: list[Any] = []
 
     def start(**env: str) -> Any:
+        from tests.support.api import ensure_test_clinics
+
+        if not env.get("STUDYPUB_DATABASE__URL"):  # a database of the test's own environment
+            ensure_test_clinics()
         server = ApiServer(tmp_path / f"api-{len(started)}.log", env=env).start()
         started.append(server)
         return server

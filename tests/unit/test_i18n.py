@@ -202,7 +202,7 @@ def test_every_code_of_the_domain_has_a_name() -> None:
     from studypub.deid import pixels
     from studypub.links import LinkState
     from studypub.models import Step, TaskStatus
-    from studypub.overrides import OVERRIDABLE
+    from studypub.overrides import CLINIC_OVERRIDABLE
     from studypub.settings import DeidSettings
     from studypub.users import Role
 
@@ -211,7 +211,7 @@ def test_every_code_of_the_domain_has_a_name() -> None:
     assert {r.value for r in Role} == set(ROLES.names)
     assert {"mis", "manual", "cli"} == set(SOURCES.names)
     assert set(get_args(DeidSettings.model_fields["burned_in_policy"].annotation)) == set(BURNED_IN_POLICIES.names)
-    assert set(OVERRIDABLE) == set(SETTINGS.names)
+    assert set(CLINIC_OVERRIDABLE) == set(SETTINGS.names)
     assert set(pixels.PIXEL_DATA_REASONS) | {"burned_in_annotation", "encapsulated_document"} <= set(WITHHELD.names)
     assert {"mobile", "desktop", "bot", "other"} == set(DEVICES.names)
     assert {s.value for s in LinkState} - {"unknown"} == set(LINK_STATES.names)

@@ -1,0 +1,194 @@
+"""Isolation of clinics, in one place: every ORM statement of a session is confined to the session's scope.
+
+A session carries a :class:`Scope` in ``session.info``: the clinics it may see (one clinic's users, an MIS key's
+list), every clinic (a superadmin), or the system (the worker, retention, the CLI, the link pages' lookup by
+key). The sessions the web routes get (:func:`tenant_sessionmaker`) start with **no scope**, and a session
+with no scope runs no statement at all: the FastAPI dependencies that authenticate the caller give it its
+scope (``api.deps``). From then on:
+
+- every ORM SELECT, UPDATE and DELETE (and every lazy or eager load of a relationship) gets, for each
+  clinic-owned model, the criterion "its clinic is in the scope" (SQLAlchemy's ``do_orm_execute`` event adding
+  ``with_loader_criteria``), so a query that forgets ``where(clinic_code == ...)`` still sees only its
+  clinic's rows, and an UPDATE or DELETE of another clinic's row changes nothing;
+- a flush that would insert, change or delete a clinic-owned row of another clinic raises instead;
+- a statement the filter cannot read (textual SQL, a Core statement on a table) is refused in a clinic scope.
+
+Entering the system scope is explicit (:func:`system`), and leaving it empties the session's identity map, so
+nothing loaded outside the scope (the caller's key or user row) can be reached through ``session.get`` later.
+This works the same on SQLite and PostgreSQL (it is the ORM's statement, not the database, that is filtered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, event, select
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
+from sqlalchemy.sql.elements import TextClause
+
+from studypub.errors import StudyPubError
+from studypub.models import (
+    ApiKey,
+    AuditEvent,
+    Clinic,
+    ManualRequest,
+    PublishedStudy,
+    Setting,
+    Task,
+    TaskStep,
+    User,
+)
+
+KEY = "studypub.scope"
+SUPERADMIN_ROLE = "superadmin"  # studypub.users.Role.SUPERADMIN (users imports publications, which imports us)
+
+
+class TenancyError(StudyPubError):
+    """A statement outside the session's scope (a bug, never a user's mistake): nothing is run."""
+
+    http_status = 500
+    code = "scope_violation"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """``clinics``: the codes visible; None with ``system`` False: every clinic (a superadmin); ``system``:
+    the service itself (no filter)."""
+
+    clinics: frozenset[str] | None
+    system: bool = False
+    label: str = ""
+
+    @property
+    def every_clinic(self) -> bool:
+        return self.clinics is None
+
+    def allows(self, code: str | None) -> bool:
+        return self.clinics is None or (code is not None and code in self.clinics)
+
+
+SYSTEM = Scope(None, system=True, label="system")
+EVERY_CLINIC = Scope(None, label="every clinic")
+
+
+def clinics_scope(codes: Any) -> Scope:
+    return Scope(frozenset(codes), label=",".join(sorted(codes)))
+
+
+# What belongs to a clinic, and how a row names its clinic.
+def _owned_criteria(codes: frozenset[str]) -> list[Any]:
+    wanted = sorted(codes)
+    owned_tasks = select(Task.id).where(Task.clinic_code.in_(wanted))
+    return [
+        with_loader_criteria(Task, Task.clinic_code.in_(wanted), include_aliases=True),
+        with_loader_criteria(PublishedStudy, PublishedStudy.clinic_code.in_(wanted), include_aliases=True),
+        with_loader_criteria(ManualRequest, ManualRequest.clinic_code.in_(wanted), include_aliases=True),
+        # A superadmin belongs to the instance, not to the clinic named on its row: no clinic sees or changes it.
+        with_loader_criteria(
+            User, and_(User.clinic_code.in_(wanted), User.role != SUPERADMIN_ROLE), include_aliases=True
+        ),
+        with_loader_criteria(ApiKey, ApiKey.clinic_code.in_(wanted), include_aliases=True),
+        with_loader_criteria(Setting, Setting.clinic_code.in_(wanted), include_aliases=True),
+        with_loader_criteria(AuditEvent, AuditEvent.clinic_code.in_(wanted), include_aliases=True),
+        with_loader_criteria(Clinic, Clinic.code.in_(wanted), include_aliases=True),
+        with_loader_criteria(TaskStep, TaskStep.task_id.in_(owned_tasks), include_aliases=True),
+    ]
+
+
+def _clinic_of(obj: Any, session: Session) -> tuple[bool, str | None]:
+    """(is clinic-owned, its clinic) of an ORM object."""
+    if isinstance(obj, Clinic):
+        return True, obj.code
+    if isinstance(obj, User) and obj.role == SUPERADMIN_ROLE:
+        return True, None  # the instance's: never inside a clinic's scope
+    if isinstance(obj, (Task, PublishedStudy, ManualRequest, User, ApiKey, Setting, AuditEvent)):
+        return True, obj.clinic_code
+    if isinstance(obj, TaskStep):  # its task's clinic; a task the scope cannot see is another clinic's
+        task = obj.__dict__.get("task")
+        if task is None:
+            with session.no_autoflush:
+                task = session.get(Task, obj.task_id)
+        return True, task.clinic_code if task is not None else None
+    return False, None
+
+
+def scope_of(session: Session) -> Scope | None:
+    return session.info.get(KEY)  # type: ignore[no-any-return]
+
+
+def scope_clinic(session: Session) -> str | None:
+    """The one clinic of the session's scope, else None."""
+    scope = scope_of(session)
+    if scope is not None and scope.clinics is not None and len(scope.clinics) == 1:
+        return next(iter(scope.clinics))
+    return None
+
+
+def enter(session: Session, scope: Scope) -> None:
+    """Give the session its scope (once the caller is known)."""
+    session.info[KEY] = scope
+
+
+@contextmanager
+def system(session: Session) -> Iterator[Session]:
+    """Run a block as the system (authenticating the caller, a link page's lookup by its key); afterwards the
+    session is back in its scope and holds no object loaded meanwhile."""
+    before = session.info.get(KEY)
+    session.info[KEY] = SYSTEM
+    try:
+        yield session
+    finally:
+        session.flush()
+        session.expunge_all()
+        if before is None:
+            session.info.pop(KEY, None)
+        else:
+            session.info[KEY] = before
+
+
+def _on_execute(state: ORMExecuteState) -> None:
+    scope = scope_of(state.session)
+    if scope is None:
+        raise TenancyError("a statement in a session without a scope (no caller authenticated)")
+    if scope.every_clinic:
+        return
+    assert scope.clinics is not None
+    if isinstance(state.statement, TextClause) or not state.is_orm_statement:
+        raise TenancyError("textual SQL or a Core statement in a clinic's session (the filter cannot read it)")
+    if state.is_insert:
+        raise TenancyError("a bulk INSERT in a clinic's session (add objects instead)")
+    state.statement = state.statement.options(*_owned_criteria(scope.clinics))
+
+
+def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
+    scope = scope_of(session)
+    if scope is None:
+        if session.new or session.dirty or session.deleted:
+            raise TenancyError("a change in a session without a scope")
+        return
+    if scope.every_clinic:
+        return
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        owned, code = _clinic_of(obj, session)
+        if owned and not scope.allows(code):
+            raise TenancyError(f"a change to a row of another clinic ({type(obj).__name__})")
+
+
+def guard(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Install the scope's filter and checks on every session of ``factory``."""
+    event.listen(factory, "do_orm_execute", _on_execute)
+    event.listen(factory, "before_flush", _before_flush)
+    return factory
+
+
+def tenant_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for the web routes: no scope until the caller is authenticated."""
+    return guard(sessionmaker(engine, expire_on_commit=False))
+
+
+def system_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions of the service itself (worker, retention, CLI, dispatcher): the system scope, stated."""
+    return guard(sessionmaker(engine, expire_on_commit=False, info={KEY: SYSTEM}))

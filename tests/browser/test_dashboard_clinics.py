@@ -1,0 +1,61 @@
+"""Two clinics in headless Chromium: a registrator of each clinic signs in and sees only its own clinic's
+queue and published list (the page's own polling included); the superadmin sees both and the Clinics screen,
+which fits a phone without sideways scrolling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.test_dashboard_browser import DESKTOP, PHONE, no_sideways_scroll, shoot, sign_in
+from tests.support.api import seed_publication
+from tests.support.dashboard import make_user
+
+pytestmark = pytest.mark.slow
+
+
+def test_each_clinics_registrator_sees_only_its_own_queue(
+    browser: Any, isolated_env: Path, api_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing runs: the rows stay as seeded
+    pids = {}
+    for code in ("f_khimki", "f_other"):
+        pids[code] = {
+            seed_publication(status="FAILED", clinic_code=code, patient_id=f"QUEUE-{code}").task_id: f"QUEUE-{code}",
+            seed_publication(clinic_code=code, patient_id=f"DONE-{code}").task_id: f"DONE-{code}",
+        }
+        make_user(f"desk-{code}", "registrator", clinic_code=code)
+    make_user("root", "superadmin")
+    base = api_server().base_url
+
+    for mine, theirs in (("f_khimki", "f_other"), ("f_other", "f_khimki")):
+        context = browser.new_context(viewport=DESKTOP, locale="en-US")
+        page = context.new_page()
+        sign_in(page, base, f"desk-{mine}")
+        page.wait_for_timeout(3500)  # one poll of the queue (every 3 s) has replaced the rows
+        queue = page.locator("main").inner_text()
+        assert f"QUEUE-{mine}" in queue and f"DONE-{mine}" in queue
+        assert f"QUEUE-{theirs}" not in queue and f"DONE-{theirs}" not in queue
+        assert page.locator("nav.main a", has_text="Clinics").count() == 0
+        shoot(page, f"clinics-queue-{mine}-desktop")
+        page.goto(f"{base}/dashboard/published")
+        listed = page.locator("main").inner_text()
+        assert f"DONE-{mine}" in listed and f"DONE-{theirs}" not in listed
+        theirs_id = next(iter(pids[theirs]))
+        answer = page.goto(f"{base}/dashboard/tasks/{theirs_id}")
+        assert answer is not None and answer.status == 404
+        context.close()
+
+    context = browser.new_context(viewport=PHONE, locale="en-US")
+    page = context.new_page()
+    sign_in(page, base, "root")
+    page.wait_for_timeout(3500)
+    queue = page.locator("main").inner_text()
+    assert all(pid in queue for rows in pids.values() for pid in rows.values())
+    page.goto(f"{base}/dashboard/clinics")
+    assert page.locator("tr[data-clinic=f_other]").count() == 1
+    no_sideways_scroll(page)
+    shoot(page, "clinics-phone")
+    context.close()
