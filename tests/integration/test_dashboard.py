@@ -678,6 +678,8 @@ def test_settings_override_the_environment_defaults(db_url: str, dashboard: Any,
         admin.login("admin")
         page = admin.get("/dashboard/settings")
         assert page.status_code == 200 and 'placeholder="30"' in page.text
+        dates = re.search(r'<select name="deid.dates">(.*?)</select>', page.text, re.S)
+        assert dates and re.findall(r'<option value="(\w*)"', dates.group(1)) == ["", "remove", "shift", "keep"]
 
         echo = admin.post("/dashboard/settings/echo")
         assert 'data-test="echo"' in echo.text and 'class="error"' in echo.text
@@ -693,9 +695,11 @@ def test_settings_override_the_environment_defaults(db_url: str, dashboard: Any,
                 "pacs.host": orthanc.host,
                 "pacs.port": str(orthanc.dicom_port),
                 "pacs.called_ae": orthanc.aet,
+                "deid.dates": "shift",
             },
         )
         assert saved.status_code == 200 and 'role="status"' in saved.text
+        assert re.search(r'<option value="shift" selected>', saved.text)
         ok = admin.post("/dashboard/settings/echo")
         assert "ms" in re.search(r'data-test="echo">([^<]*)<', ok.text).group(1)  # type: ignore[union-attr]
 
