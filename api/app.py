@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 import dashboard
 from api import errors
-from api.routes import health, links, publish
+from api.routes import fhir, health, links, publish, webhooks
 from studypub.dispatch import Dispatcher
 from studypub.settings import Settings, get_settings
 
@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(errors.BodySizeLimit, limit=settings.api.max_body_bytes)
     app.add_middleware(links.LinkHygiene)
     app.include_router(publish.router)
+    app.include_router(fhir.router)
+    app.include_router(webhooks.router)
     app.include_router(links.router)
     dashboard.install(app, settings)
     app.include_router(health.router)

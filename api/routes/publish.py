@@ -14,7 +14,9 @@ from api.deps import MisClient, SessionDep, SettingsDep
 from api.schemas import SPEC_EXAMPLE, Error, ExtendRequest, Publication, PublishRequest
 from studypub.apikeys import Caller
 from studypub.errors import Forbidden, NotFound
+from studypub.factor import issue_pin_to_hand_over
 from studypub.models import Task, TaskStatus
+from studypub.overrides import effective_settings
 from studypub.publications import (
     PublicationRequest,
     extend,
@@ -80,9 +82,10 @@ def publish(
     link; a failed one is queued again (same link)."""
     if client.clinic_code is not None and body.clinic_code != client.clinic_code:
         raise Forbidden("this API key cannot publish for that clinic")
+    effective = effective_settings(session, settings, body.clinic_code)
     task, created = request_publication(
         session,
-        settings,
+        effective,
         PublicationRequest(
             patient_id=body.patient_id,
             accession_number=body.accession_number,
@@ -94,9 +97,15 @@ def publish(
             service_title=body.service_title,
             study_date=body.study_date,
             dispatch=True,
+            patient_email=body.patient_email,
+            patient_phone=body.patient_phone,
+            notify_language=body.notify_language,
+            second_factor=body.second_factor,
+            patient_birth_date=body.patient_birth_date.isoformat() if body.patient_birth_date else None,
         ),
         actor=f"mis:{client.name}",
     )
+    pin = issue_pin_to_hand_over(session, effective, task) if created else None
     if not created and task.status == TaskStatus.FAILED:
         created = requeue(session, task.id, actor=f"mis:{client.name}")
         session.expire(task)
@@ -104,7 +113,9 @@ def publish(
         request.app.state.dispatcher.wake()
     if task.status == TaskStatus.COMPLETED:
         response.status_code = status.HTTP_200_OK
-    return _view(request, session, settings, task)
+    answer = _view(request, session, settings, task)
+    answer.pin = pin
+    return answer
 
 
 @router.get(

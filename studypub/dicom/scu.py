@@ -42,6 +42,7 @@ class StudyMatch:
     instances: int | None
     series: int | None
     sop_classes: list[str] = field(default_factory=list)
+    patient_birth_date: str | None = None  # DA; only ever hashed (a link's second factor), never stored
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def find_studies(settings: Settings, accession_number: str) -> list[StudyMatch]:
     for keyword in (
         "StudyInstanceUID",
         "PatientID",
+        "PatientBirthDate",
         "StudyDate",
         "ModalitiesInStudy",
         "NumberOfStudyRelatedInstances",
@@ -166,6 +168,7 @@ def find_studies(settings: Settings, accession_number: str) -> list[StudyMatch]:
                     instances=_int(ds, "NumberOfStudyRelatedInstances"),
                     series=_int(ds, "NumberOfStudyRelatedSeries"),
                     sop_classes=[str(c) for c in sop_classes if c],
+                    patient_birth_date=_str(ds, "PatientBirthDate"),
                 )
             )
         return matches
