@@ -24,10 +24,10 @@ def build(
     msg["Subject"] = content.subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = message_id
-    msg["Content-Language"] = locale
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(content.text)
     msg.add_alternative(content.html, subtype="html")
+    msg["Content-Language"] = locale  # after the bodies: setting content clears Content-* headers
     return msg
 
 
