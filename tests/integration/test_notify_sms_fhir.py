@@ -6,8 +6,8 @@ both versions from the API (validated by fhir.resources) and a push to a local F
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
