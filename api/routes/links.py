@@ -530,6 +530,13 @@ def _gate_page(
     )
 
 
+@router.api_route("/s/{key}/verify", methods=["GET", "HEAD"], include_in_schema=False)
+def link_verify_page(key: str, request: Request) -> Response:
+    """The address of a wrong answer's page, opened again (the language switch, a reload): the link's page."""
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse(request.url_for("link_page", key=key).path + query, status_code=303)
+
+
 @router.post("/s/{key}/verify", name="link_verify", include_in_schema=False)
 async def link_verify(key: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """The patient's answer: right → a cookie for this link and back to its page; wrong → asked again with the
