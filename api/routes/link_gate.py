@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep
 from studypub.factor import cookie_name, token_valid
+from studypub.links import key_shaped
 from studypub.models import Task, TaskStatus, utcnow
 from studypub.settings import Settings
 
@@ -40,6 +41,8 @@ class GateClosed(Exception):
 
 def factor_state(session: Session, key: str, settings: Settings) -> FactorState | None:
     """The link's second factor, or None when it has none (or is unknown or gone: those pages say so)."""
+    if not key_shaped(key):
+        return None
     row = session.execute(
         select(
             Task.id,

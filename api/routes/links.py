@@ -35,6 +35,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from api.deps import SessionDep, SettingsDep
+from api.errors import NulInRequest
 from api.i18n import choose_locale, remember_locale
 from api.routes.link_gate import GateClosed, SecondFactorChecked, factor_state
 from studypub.errors import StorageUnavailable
@@ -327,6 +328,8 @@ class LinkRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 response = await handler(request)
+            except NulInRequest:  # a NUL in the body (the second factor's form): the one 422 of every route
+                raise
             except GateClosed as gate:  # the link asks for its second factor first
                 response = _gate_page(
                     request,
@@ -531,8 +534,16 @@ def _gate_page(
 
 
 @router.api_route("/s/{key}/verify", methods=["GET", "HEAD"], include_in_schema=False)
-def link_verify_page(key: str, request: Request) -> Response:
-    """The address of a wrong answer's page, opened again (the language switch, a reload): the link's page."""
+def link_verify_page(key: str, request: Request, session: SessionDep) -> Response:
+    """The address of a wrong answer's page, opened again (the language switch, a reload): the link's page.
+    A key that is not a link is the same miss as anywhere else."""
+    try:
+        if (limited := _too_many(request)) is not None:
+            return limited
+        if not find_link(session, key).exists:
+            return _not_found(request)
+    finally:
+        session.close()
     query = f"?{request.url.query}" if request.url.query else ""
     return RedirectResponse(request.url_for("link_page", key=key).path + query, status_code=303)
 
@@ -543,6 +554,7 @@ async def link_verify(key: str, request: Request, session: SessionDep, settings:
     attempts left; the last wrong one locks the link."""
     from starlette.concurrency import run_in_threadpool
 
+    await request.body()  # the whole body is read (and checked for a NUL) whatever its type
     form = await request.form()
     answer = str(form.get("answer", ""))[:64]
 
@@ -552,9 +564,12 @@ async def link_verify(key: str, request: Request, session: SessionDep, settings:
         try:
             if (limited := _too_many(request)) is not None:
                 return limited
+            link = find_link(session, key)
+            if not link.exists:
+                return _not_found(request)
             state = factor_state(session, key, settings)
             page = request.url_for("link_page", key=key).path
-            if state is None:
+            if state is None:  # no second factor, or gone: the page says what there is to say
                 return RedirectResponse(page, status_code=303)
             task = session.get(Task, state.task_id)
             assert task is not None
