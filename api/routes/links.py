@@ -512,6 +512,11 @@ def _gate_page(
             text=(
                 t.gettext("You will receive the PIN in a separate message when the study is ready.")
                 if kind == "pin"
+                else t.gettext(
+                    "The images are being collected and made anonymous. This usually takes a few minutes. This "
+                    "page refreshes by itself; you can also come back to the same link later."
+                )
+                if preparing
                 else t.gettext("The link cannot check the date of birth. Contact the clinic.")
             ),
             kind=kind,

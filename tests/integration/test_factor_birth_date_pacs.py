@@ -5,7 +5,9 @@ after wrong answers counts each one once, on both databases."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import httpx
 import pytest
 
 from studypub.db import get_sessionmaker, migrate
@@ -65,3 +67,26 @@ def test_the_lock_counts_each_wrong_answer_once(db_url: str) -> None:
         session.refresh(task)
         assert task.factor_failures == 5 and task.factor_locked_at is not None
         assert not verify(session, settings, task, "1980-04-21").ok  # locked: even the right answer
+
+
+def test_a_link_with_nothing_to_check_yet_says_why_and_serves_nothing(api_server: Any) -> None:
+    migrate()
+    waiting_pin = seed_publication(
+        TaskStatus.QUEUED, second_factor="pin", patient_email="p@example.org", patient_phone="+79161234567"
+    )
+    waiting_date = seed_publication(TaskStatus.QUEUED, second_factor="birth_date")
+    no_date = seed_publication(second_factor="birth_date")  # published, but neither the MIS nor the PACS gave one
+    api = api_server()
+    english = {"Accept-Language": "en"}
+    with httpx.Client(base_url=api.base_url, headers=english, timeout=30) as client:
+        pin_page = client.get(f"/s/{waiting_pin.link_key}")
+        assert pin_page.status_code == 200 and "receive the PIN in a separate message" in pin_page.text
+        date_page = client.get(f"/s/{waiting_date.link_key}")
+        assert "being prepared" in date_page.text and "Contact the clinic" not in date_page.text
+        for page in (pin_page, date_page):
+            assert 'name="answer"' not in page.text and 'http-equiv="refresh"' in page.text
+        stuck = client.get(f"/s/{no_date.link_key}")
+        assert "cannot check the date of birth" in stuck.text and "МРТ" not in stuck.text
+        download = client.get(f"/s/{no_date.link_key}/download")
+        assert download.headers["content-type"].startswith("text/html") and "cannot check" in download.text
+        assert client.post(f"/s/{no_date.link_key}/verify", data={"answer": "1970-01-01"}).status_code == 200
