@@ -43,8 +43,9 @@ def _context(settings: NotifySettings) -> ssl.SSLContext:
 
 
 def send(settings: NotifySettings, msg: EmailMessage) -> Accepted:
-    """Hand the message to the SMTP server. A 4xx answer or an unreachable server is transient; a 5xx
-    refusal (a bad address, a policy) is final."""
+    """Hand the message to the SMTP server. A 4xx answer, an unreachable server or a problem of the clinic's
+    settings (a refused login, no STARTTLS) is transient: the message waits; a 5xx refusal of the message (a bad
+    address, a policy) is final."""
     if not settings.smtp_host:
         raise DeliveryError("no SMTP server is configured (STUDYPUB_NOTIFY__SMTP_HOST)", transient=True)
     try:
@@ -67,10 +68,12 @@ def send(settings: NotifySettings, msg: EmailMessage) -> Accepted:
             f"the SMTP server refused the recipient ({codes[0] if codes else '?'})",
             transient=all(400 <= c < 500 for c in codes),
         ) from None
+    except smtplib.SMTPAuthenticationError as exc:  # the clinic's settings, not the patient's address: kept
+        raise DeliveryError(f"the SMTP server refused the login ({exc.smtp_code})", transient=True) from None
     except smtplib.SMTPResponseException as exc:
         raise DeliveryError(f"the SMTP server answered {exc.smtp_code}", transient=400 <= exc.smtp_code < 500) from None
     except smtplib.SMTPNotSupportedError:
-        raise DeliveryError("the SMTP server does not offer STARTTLS or authentication", transient=False) from None
+        raise DeliveryError("the SMTP server does not offer STARTTLS or authentication", transient=True) from None
     except (TimeoutError, smtplib.SMTPException, OSError, ssl.SSLError) as exc:
         raise DeliveryError(f"the SMTP server is unreachable ({type(exc).__name__})", transient=True) from None
     if refused:

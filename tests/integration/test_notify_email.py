@@ -215,3 +215,39 @@ def test_nothing_is_sent_for_a_deleted_publication_and_the_contact_is_erased(smt
     counts = _deliver()
     assert counts["failed"] == 2 and counts["sent"] == 0
     assert smtp.messages() == []
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_tls_and_authentication(security: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's certificate is verified (against the configured CA file) and the login is required."""
+    from studypub.tls import self_signed
+
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    self_signed(certs, ["127.0.0.1"])
+    self_signed(other, ["127.0.0.1"])
+    server = SmtpServer(security=security, cert_dir=certs, credentials=("mailer", "s3cret-pass")).start()
+    try:
+        for name, value in {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(server.port),
+            "SMTP_SECURITY": security,
+            "SMTP_CA_FILE": str(other / "tls.crt"),  # not the server's: its certificate is refused
+            "SMTP_USERNAME": "mailer",
+            "SMTP_PASSWORD": "s3cret-pass",
+        }.items():
+            monkeypatch.setenv(f"STUDYPUB_NOTIFY__{name}", value)
+        get_settings.cache_clear()
+        seeded = seed_publication(patient_email="p@example.org")
+        assert _deliver()["retrying"] == 1
+        [row] = _messages(seeded.task_id)
+        assert "SSL" in (row.reason or "") and server.logins == [] and server.messages() == []
+
+        monkeypatch.setenv("STUDYPUB_NOTIFY__SMTP_CA_FILE", str(certs / "tls.crt"))
+        get_settings.cache_clear()
+        with get_sessionmaker(_settings())() as session:
+            session.execute(update(OutboxMessage).values(next_attempt_at=utcnow()))
+            session.commit()
+        assert _deliver()["sent"] == 1
+        assert server.logins == [("mailer", True)] and len(server.messages()) == 1
+    finally:
+        server.stop()
