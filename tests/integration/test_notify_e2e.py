@@ -102,5 +102,13 @@ def test_a_published_study_reaches_the_patient_and_fhir(
                 assert f"urn:oid:{study.study_instance_uid}" not in {i.value for i in parsed.identifier}
                 assert study.accession_number in {i.value for i in parsed.identifier}
                 assert parsed.subject.identifier.value == study.patient_id
+
+            # A resend is sent by the `notify` flow's pass (what the worker's deployment runs), on Prefect.
+            from flows.notify import deliver_messages
+            from studypub.notify.outbox import resend
+
+            resend(session, settings, row.id, actor="reg")
+        counts = deliver_messages()
+        assert counts["sent"] == 1 and len(smtp.messages()) == 2
     finally:
         smtp.stop()
