@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 import dashboard
 from api import errors
-from api.routes import health, links, publish, viewer
+from api.routes import fhir, health, links, publish, viewer, webhooks
 from api.schemas import date_examples
 from studypub.dispatch import Dispatcher
 from studypub.settings import Settings, get_settings
@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(links.LinkHygiene)
     app.include_router(publish.router)
     app.include_router(viewer.router)  # before the links' catch-all under /s/
+    app.include_router(fhir.router)
+    app.include_router(webhooks.router)
     app.include_router(links.router)
     app.include_router(viewer.assets)
     app.state.viewer_available = viewer.phone_available(settings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
@@ -94,6 +94,30 @@ class PublishRequest(BaseModel):
         None,
         description="End of the storage period, ISO 8601 with offset; default: the default retention.",
     )
+    patient_email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=254)] | None = Field(
+        None, description="Send the link to this address when the study is ready (personal data; optional)."
+    )
+    patient_phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=20)] | None = Field(
+        None, description="Send the link by SMS to this number, E.164 (e.g. +79161234567; optional)."
+    )
+    notify_language: Literal["ru", "en", "es", "fr", "de"] | None = Field(
+        None, description="Language of the messages to the patient; default: the clinic's default language."
+    )
+    patient_birth_date: date | None = Field(
+        None,
+        description=(
+            "The patient's date of birth (YYYY-MM-DD), asked on the link when its second factor is the birth "
+            "date; else the PACS's answer is used. Only a slow hash of it is kept."
+        ),
+    )
+    second_factor: Literal["none", "pin", "birth_date"] | None = Field(
+        None,
+        description=(
+            "Protect the link with a second factor: `pin` (made by the service: sent by SMS when both an email and "
+            "a phone are given, else returned here once as `pin`), `birth_date`, or `none`. Default: the clinic's "
+            "setting."
+        ),
+    )
 
 
 class ExtendRequest(BaseModel):
@@ -166,6 +190,17 @@ class Publication(BaseModel):
             '("queued, 3 ahead").'
         ),
     )
+    second_factor: Literal["pin", "birth_date"] | None = Field(
+        None, description="What the link asks before it shows the study (none when null)."
+    )
+    pin: str | None = Field(
+        None,
+        description=(
+            "The link's PIN, in the answer that created the publication only, when it is not sent to the patient "
+            "by SMS: hand it to the patient. Only its hash is kept."
+        ),
+    )
+    link_locked: bool = Field(False, description="The link locked after too many wrong answers (staff unlock it).")
 
 
 class ErrorField(BaseModel):

@@ -39,7 +39,8 @@ from dashboard.render import (
 from studypub.apikeys import create_key, list_keys, revoke_key
 from studypub.clinics import clinic_context
 from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
-from studypub.i18n import N_
+from studypub.factor import issue_pin_to_hand_over
+from studypub.i18n import LOCALES, N_
 from studypub.i18n.labels import modality_names
 from studypub.links import rate_limit_key
 from studypub.models import ManualRequest, Step, Task, TaskStatus, User, utcnow
@@ -256,13 +257,28 @@ def publish(
     patient_id: Text = "",
     accession_number: Text = "",
     retention_days: Text = "",
+    patient_email: Text = "",
+    patient_phone: Text = "",
+    notify_language: Text = "",
+    second_factor: Text = "",
+    patient_birth_date: Text = "",
 ) -> Response:
     effective = settings = clinic.settings
-    values = {"patient_id": patient_id, "accession_number": accession_number, "retention_days": retention_days}
+    values = {
+        "patient_id": patient_id,
+        "accession_number": accession_number,
+        "retention_days": retention_days,
+        "patient_email": patient_email,
+        "patient_phone": patient_phone,
+        "notify_language": notify_language,
+        "second_factor": second_factor,
+        "patient_birth_date": patient_birth_date,
+    }
     errors: dict[str, str] = {}
     for field, value in (("patient_id", patient_id), ("accession_number", accession_number)):
         if problem := identifier_problem(value):  # the same rule as the MIS request's
             errors[field] = FORM_PROBLEMS[problem]
+    errors.update(_contact_problems(values))
     save_till = None
     if retention_days.strip():
         try:
@@ -298,16 +314,46 @@ def publish(
             source="manual",
             save_till=save_till,
             dispatch=True,
+            patient_email=patient_email or None,
+            patient_phone=patient_phone or None,
+            notify_language=notify_language or None,
+            second_factor=second_factor or None,
+            patient_birth_date=patient_birth_date or None,
         ),
         actor=_actor(user),
     )
+    pin = issue_pin_to_hand_over(session, effective, task) if created else None
     if not created and task.status == TaskStatus.FAILED:
         created = requeue(session, task.id, actor=_actor(user))
     session.add(ManualRequest(task_id=task.id, clinic_code=clinic.code, user_id=user.id))
     session.commit()
     if created:
         request.app.state.dispatcher.wake()
+    if pin:  # shown once, to hand to the patient: never in a URL, never stored
+        return _task_view(request, task.id, user, session, settings, done="requested", pin=pin)
     return redirect(f"{PREFIX}/tasks/{task.id}?done={'requested' if created else 'existing'}")
+
+
+def _contact_problems(values: dict[str, str]) -> dict[str, str]:
+    """The contact fields' problems, by field (the same rules as the MIS request's, in the form's words)."""
+    from studypub.contacts import birth_date_text, normalise_email, normalise_phone
+
+    errors: dict[str, str] = {}
+    for field, check, problem in (
+        ("patient_email", normalise_email, "bad_email"),
+        ("patient_phone", normalise_phone, "bad_phone"),
+    ):
+        try:
+            check(values[field])
+        except ValidationError:
+            errors[field] = FORM_PROBLEMS[problem]
+    if values["patient_birth_date"].strip() and birth_date_text(values["patient_birth_date"]) is None:
+        errors["patient_birth_date"] = FORM_PROBLEMS["bad_date"]
+    if values["notify_language"] not in ("", *LOCALES):
+        errors["notify_language"] = FORM_PROBLEMS["bad_choice"]
+    if values["second_factor"] not in ("", "none", "pin", "birth_date"):
+        errors["second_factor"] = FORM_PROBLEMS["bad_choice"]
+    return errors
 
 
 FORM_PROBLEMS = {
@@ -316,6 +362,10 @@ FORM_PROBLEMS = {
     "bad_characters": N_("Contains characters that a PACS query cannot carry (\\ * ? or control characters)."),
     "not_a_number": N_("A whole number of days."),
     "retention_range": N_("From 1 to %(max)s days."),
+    "bad_email": N_("Not an email address."),
+    "bad_phone": N_("A phone number in international format, e.g. +79161234567."),
+    "bad_date": N_("A date, e.g. 1980-04-21."),
+    "bad_choice": N_("Choose one of the options."),
 }
 
 
@@ -329,6 +379,9 @@ DONE_MESSAGES = {
     "revoked": N_("The link was revoked and the archive deleted."),
     "retried": N_("Retry requested."),
     "republished": N_("A new archive is being built; the link stays the same."),
+    "resent": N_("The message will be sent again within a minute."),
+    "unlocked": N_("The link is unlocked."),
+    "new_pin": N_("A new PIN was made; the old one no longer works."),
 }
 
 
@@ -345,6 +398,22 @@ def task_page(
     settings: SettingsDep,
     done: str | None = None,
 ) -> Response:
+    return _task_view(request, task_id, user, session, settings, done=done)
+
+
+def _task_view(
+    request: Request,
+    task_id: str,
+    user: User,
+    session: Any,
+    settings: Settings,
+    *,
+    done: str | None = None,
+    pin: str | None = None,
+) -> Response:
+    from studypub.contacts import mask_email, mask_phone
+    from studypub.notify.outbox import messages_of
+
     task = _task_or_404(session, task_id)
     pub = task.publication
     anonymised = (task.checkpoints or {}).get(Step.ANONYMISE.value) or {}
@@ -359,6 +428,10 @@ def task_page(
         "show_reason": bool(task.reason) and task.status in LIVE_STATUSES,
         "done": DONE_MESSAGES.get(done or ""),
         "withheld_reasons": sorted(withheld.items(), key=lambda item: (-int(item[1]), item[0])),
+        "pin": pin,
+        "contact": {"email": mask_email(task.patient_email), "sms": mask_phone(task.patient_phone)},
+        "messages": messages_of(session, task.id),
+        "can_resend": task.status == TaskStatus.COMPLETED and bool(task.patient_email or task.patient_phone),
     }
     session.commit()
     t = translator_for(request)
@@ -381,6 +454,46 @@ def extend_task(
     until = datetime.combine(day, time(23, 59), tzinfo=zone(effective))
     extend(session, effective, task.id, until, actor=_actor(user))
     return redirect(f"{PREFIX}/tasks/{task.id}?done=extended")
+
+
+@router.post("/tasks/{task_id}/messages/{message_id}/resend")
+def resend_message(
+    task_id: str, message_id: int, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """Send a patient's message again (a new message, audited): one that failed, or whose fate is unknown."""
+    from studypub.models import OutboxMessage
+    from studypub.notify.outbox import resend
+
+    task = _task_or_404(session, task_id)
+    message = session.get(OutboxMessage, message_id)
+    if message is None or message.task_id != task.id:
+        raise ValidationError(N_("no such message"))
+    resend(session, clinic_context(session, settings, task.clinic_code).settings, message.id, actor=_actor(user))
+    return redirect(f"{PREFIX}/tasks/{task.id}?done=resent")
+
+
+@router.post("/tasks/{task_id}/unlock")
+def unlock_link(task_id: str, user: AdminUser, session: SessionDep) -> Response:
+    """Unlock a link that locked after too many wrong answers (audited)."""
+    from studypub.factor import unlock
+
+    task = _task_or_404(session, task_id)
+    unlock(session, task.id, actor=_actor(user))
+    return redirect(f"{PREFIX}/tasks/{task.id}?done=unlocked")
+
+
+@router.post("/tasks/{task_id}/pin")
+def new_pin(request: Request, task_id: str, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    """A new PIN for the link, shown once to hand over (the old one stops working; audited)."""
+    from studypub.factor import issue_pin
+
+    task = _task_or_404(session, task_id)
+    if task.second_factor != "pin" or task.status in (TaskStatus.EXPIRED, TaskStatus.DELETED):
+        raise Conflict(N_("this link has no PIN"))
+    pin = issue_pin(session, clinic_context(session, settings, task.clinic_code).settings, task.id)
+    audit(session, actor=_actor(user), action="link.new_pin", task=task)
+    session.commit()
+    return _task_view(request, task.id, user, session, settings, done="new_pin", pin=pin)
 
 
 @router.post("/tasks/{task_id}/revoke")

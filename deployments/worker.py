@@ -22,12 +22,14 @@ log = get_logger("worker")
 
 DEPLOYMENT_NAME = "publish"
 RETENTION_DEPLOYMENT_NAME = "retention"
+NOTIFY_DEPLOYMENT_NAME = "notify"
 
 
 def runner_deployments(settings: Settings) -> list[Any]:
     """The deployments this worker serves (RunnerDeployments; prefect.yaml declares the same two)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
+    from flows.notify import deliver_messages
     from flows.publish import publish_study
     from flows.retention import retention
 
@@ -42,6 +44,13 @@ def runner_deployments(settings: Settings) -> list[Any]:
             description="Delete expired archives, clean work folders and Prefect results, erase old identifiers.",
             tags=["studypub", "retention"],
             cron=settings.retention.cron,
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        ),
+        deliver_messages.to_deployment(
+            name=NOTIFY_DEPLOYMENT_NAME,
+            description="Send the patients' messages and the FHIR pushes that are due (retries with backoff).",
+            tags=["studypub", "notify"],
+            interval=settings.notify.sweep_seconds,
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         ),
     ]

@@ -52,6 +52,7 @@ from tasks.anonymise import anonymise
 from tasks.archive import archive
 from tasks.find import find
 from tasks.link import link
+from tasks.notify import notify
 from tasks.retrieve import retrieve
 from tasks.upload import upload
 
@@ -272,6 +273,7 @@ def publish_study(task_id: str) -> dict[str, Any]:
                 paths.remove_identifiable()
                 _log_failed(fail(session, settings, task_id, exc, owner=owner))
         raise
+    _notify(task_id)
     with sessions() as session:
         return _summary(session, settings, task_id)
 
@@ -289,6 +291,13 @@ def _log_failed(task: Any) -> None:
             error_code=task.error_code,
         ),
     )
+def _notify(task_id: str) -> None:
+    """The patient's messages were queued with the completion: a first attempt now. Never fails the
+    publication (the ``notify`` deployment tries again)."""
+    try:
+        notify(task_id)
+    except Exception as exc:
+        log.warning("Messages not sent yet", extra=details(task_id=task_id, error=type(exc).__name__))
 
 
 def _summary(session: Any, settings: Settings, task_id: str) -> dict[str, Any]:

@@ -65,6 +65,11 @@ class Link:
         return self.state is not LinkState.UNKNOWN
 
 
+def key_shaped(key: str) -> bool:
+    """Whether ``key`` can be a link key at all (anything else is never sent to the database)."""
+    return _KEY_SHAPE.fullmatch(key) is not None
+
+
 def key_prefix(key: str) -> str:
     return key[:KEY_PREFIX_CHARS] if _KEY_SHAPE.fullmatch(key) else "invalid"
 

@@ -137,6 +137,17 @@ class Task(Base):
     finished_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]  # archive deleted (retention or revocation)
     identifiers_erased_at: Mapped[datetime | None]  # PID, accession and EMK id erased
+    # How the patient is reached: personal data, kept until the publication is deleted (resend and re-notify
+    # need it), erased by retention with the identifiers. Never given to Prefect, never logged.
+    patient_email: Mapped[str | None] = mapped_column(String(254))
+    patient_phone: Mapped[str | None] = mapped_column(String(16))  # E.164
+    notify_language: Mapped[str | None] = mapped_column(String(2))
+    # The link's second factor: its kind (pin, birth_date), a slow hash of the answer (never the answer),
+    # wrong answers in a row, and when it locked (an administrator unlocks it).
+    second_factor: Mapped[str | None] = mapped_column(String(16))
+    factor_hash: Mapped[str | None] = mapped_column(String(256))
+    factor_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    factor_locked_at: Mapped[datetime | None]
 
     publication: Mapped[PublishedStudy | None] = relationship(back_populates="task", uselist=False)
     steps: Mapped[list[TaskStep]] = relationship(
@@ -177,6 +188,48 @@ class Task(Base):
         Index("ix_tasks_patient", "patient_id", "id"),
         Index("ix_tasks_study_date", "study_date", "id"),
         Index("ix_tasks_emk_record_id", "emk_record_id", "id"),
+    )
+
+
+class MessageStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for its (next) attempt
+    SENDING = "sending"  # handed to the provider; the result not recorded yet
+    SENT = "sent"  # the provider took it
+    DELIVERED = "delivered"  # the provider says it reached the patient
+    FAILED = "failed"  # refused for good, or the provider stayed unreachable too long (see ``reason``)
+    UNKNOWN = "unknown"  # "sending" whose result was never recorded (a crash): never resent automatically
+
+
+class OutboxMessage(Base):
+    """One message to the patient (the link, or the PIN) by one channel, for one event. The recipient is
+    not copied here: it is read from the publication when the message is sent, so erasing the publication's
+    contact erases it everywhere. ``event`` makes automatic sending at most once per event."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    clinic_code: Mapped[str] = mapped_column(String(64), index=True)
+    channel: Mapped[str] = mapped_column(String(8))  # email | sms
+    kind: Mapped[str] = mapped_column(String(8))  # link | pin
+    event: Mapped[str] = mapped_column(String(64))  # published | extended:<date> | resend:<n>
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.QUEUED, index=True)
+    reason: Mapped[str | None] = mapped_column(Text)  # the provider's reason (a failure, a delivery report)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    provider: Mapped[str | None] = mapped_column(String(16))
+    provider_id: Mapped[str | None] = mapped_column(String(128), index=True)  # the gateway's message id
+    message_id: Mapped[str] = mapped_column(String(255))  # the email's Message-ID (stable across attempts)
+    requested_by: Mapped[str] = mapped_column(String(64), default="system")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sending_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("uq_outbox_event", "task_id", "channel", "kind", "event", unique=True),
+        Index("ix_outbox_due", "status", "next_attempt_at"),
     )
 
 

@@ -28,6 +28,15 @@ OVERRIDABLE: tuple[str, ...] = (
     "pacs.host",
     "pacs.port",
     "pacs.called_ae",
+    # Per clinic once clinics exist (issue 14): how the patient is reached and what the messages say.
+    "notify.clinic_name",
+    "notify.email_from",
+    "notify.email_from_name",
+    "notify.sms_sender",
+    "notify.include_service_title",
+    "notify.sms_include_service_title",
+    "notify.renotify_on_extend",
+    "factor.second_factor",
 )
 # What a clinic's settings may hold beyond the dashboard's fields (set by the superadmin: `studypub clinic`).
 CLINIC_OVERRIDABLE: tuple[str, ...] = (

@@ -36,6 +36,8 @@ from studypub.settings import Settings
 from studypub.viewer.index import forget_task_indexes
 
 MAX_IDENTIFIER_LENGTH = 64
+# What a deleted publication keeps none of: the patient's contact and the hash of the link's second factor.
+ERASED_CONTACT: dict[str, Any] = {"patient_email": None, "patient_phone": None, "factor_hash": None}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,12 @@ class PublicationRequest:
     service_title: str | None = None
     study_date: datetime | None = None
     dispatch: bool = False  # hand the run to Prefect through the dispatcher (API, dashboard)
+    # The patient's contact (checked by studypub.contacts) and the link's second factor.
+    patient_email: str | None = None
+    patient_phone: str | None = None
+    notify_language: str | None = None
+    second_factor: str | None = None  # none | pin | birth_date; None: the clinic's setting
+    patient_birth_date: str | None = None  # YYYY-MM-DD; only its hash is kept
 
 
 def link_url(settings: Settings, link_key: str) -> str:
@@ -135,11 +143,18 @@ def request_publication(
     must be known (any spelling of its code); ``settings`` are the clinic's.
     """
     from studypub.clinics import require_clinic
+    from studypub.contacts import birth_date_text, contact
+    from studypub.factor import choose_kind, hash_answer
 
     clinic = require_clinic(session, req.clinic_code).code
     pid = _validate_identifier("patient_id", req.patient_id)
     acsn = _validate_identifier("accession_number", req.accession_number)
     save_till = resolve_save_till(settings, req.save_till)
+    reach = contact(req.patient_email, req.patient_phone, req.notify_language)
+    factor = choose_kind(settings, req.second_factor)
+    birth_date = birth_date_text(req.patient_birth_date)
+    if req.patient_birth_date and birth_date is None:
+        raise ValidationError(N_("%(field)s must be a date (YYYY-MM-DD)", field="patient_birth_date"))
     existing = find_active(session, clinic, pid, acsn)
     if existing is not None and not _expire_if_due(session, existing):
         return existing, False
@@ -164,6 +179,12 @@ def request_publication(
         requeues=0,
         steps=[],  # known empty: reading them (the answer's view) costs no query
         publication=None,
+        patient_email=reach.email,
+        patient_phone=reach.phone,
+        notify_language=reach.language,
+        second_factor=factor,
+        factor_hash=hash_answer(birth_date) if factor == "birth_date" and birth_date else None,
+        factor_failures=0,
     )
     session.add(task)
     try:
@@ -674,12 +695,20 @@ def complete(
     pub.upload_date = now
     session.execute(delete(TaskStep).where(TaskStep.task_id == task_id, TaskStep.step == Step.LINK.value))
     session.add(TaskStep(task_id=task_id, step=Step.LINK.value, data={"ready": True}))
+    # The patient's messages (and the FHIR push) are queued with the completion itself: never lost. A
+    # republication under the same link finds them queued already and sends nothing again.
+    from studypub.notify.outbox import PUBLISHED, queue_event
+    from studypub.overrides import effective_settings
+
+    queue_event(session, effective_settings(session, settings, task.clinic_code), task, PUBLISHED)
     session.commit()
     session.expire(task)
     return pub
 
 
-def extend(session: Session, settings: Settings, task_id: str, save_till: datetime, *, actor: str) -> Task:
+def extend(
+    session: Session, settings: Settings, task_id: str, save_till: datetime, *, actor: str, renotify: bool = True
+) -> Task:
     """Move the storage period forward (up to the maximum retention). A publication past its date that the
     retention flow has not claimed yet can still be extended; an expired (being deleted) or deleted one cannot."""
     task = get_task(session, task_id)
@@ -710,6 +739,11 @@ def extend(session: Session, settings: Settings, task_id: str, save_till: dateti
         task=task,
         details={"from": old.isoformat(), "to": new.isoformat()},
     )
+    if renotify and settings.notify.renotify_on_extend and task.status == TaskStatus.COMPLETED:
+        from studypub.notify.outbox import LINK, queue_event
+
+        session.refresh(task)
+        queue_event(session, settings, task, f"extended:{new.date().isoformat()}", only=LINK, actor=actor)
     session.commit()
     session.expire(task)
     return task
@@ -870,7 +904,9 @@ def finish_deletion(session: Session, storage: Any, task_id: str, *, actor: str,
         if key:
             storage.delete(key)
     now = utcnow()
-    if not move(session, task_id, Event.DELETE, values={"deleted_at": now, "dispatch_pending": False}):
+    # The patient's contact and the link's second factor go with the archive (nothing can be resent now).
+    gone = {"deleted_at": now, "dispatch_pending": False, **ERASED_CONTACT}
+    if not move(session, task_id, Event.DELETE, values=gone):
         session.rollback()
         return False
     session.execute(
@@ -968,6 +1004,8 @@ def result_view(session: Session, settings: Settings, task: Task, *, with_queue:
         "withheld": pub.withheld if pub else anon.get("withheld"),
         "progress": {"received": task.progress_received, "expected": task.progress_expected},
         "save_till": task.save_till.isoformat(),
+        "second_factor": task.second_factor,
+        "link_locked": task.factor_locked_at is not None,
     }
     if task.status in (TaskStatus.COMPLETED, TaskStatus.EXPIRED, TaskStatus.DELETED):
         view["reason"] = None

@@ -42,7 +42,7 @@ from studypub import publications
 from studypub.errors import StudyPubError
 from studypub.logs import details, get_logger
 from studypub.models import AuditEvent, PublishedStudy, Task, TaskStatus, TaskStep, utcnow
-from studypub.publications import audit, claim_for_deletion, finish_deletion
+from studypub.publications import ERASED_CONTACT, audit, claim_for_deletion, finish_deletion
 
 log = get_logger("retention")
 
@@ -338,7 +338,14 @@ def erase_task_identifiers(session: Session, task_id: str) -> bool:
     result = session.execute(
         update(Task)
         .where(Task.id == task_id, Task.status == TaskStatus.DELETED, Task.identifiers_erased_at.is_(None))
-        .values(patient_id=None, accession_number=None, emk_record_id=None, identifiers_erased_at=now, updated_at=now)
+        .values(
+            patient_id=None,
+            accession_number=None,
+            emk_record_id=None,
+            identifiers_erased_at=now,
+            updated_at=now,
+            **ERASED_CONTACT,
+        )
         .execution_options(synchronize_session=False)
     )
     if not getattr(result, "rowcount", 0):  # another run erased them first

@@ -358,6 +358,103 @@ class DashboardSettings(BaseModel):
         return _rate_limit(value)
 
 
+SecondFactor = Literal["none", "pin", "birth_date"]
+
+
+class NotifySettings(BaseModel):
+    """Sending the link to the patient (email, SMS) and the study to a FHIR server. Sender names and wording
+    choices are overridable per clinic from the dashboard; credentials come only from the environment."""
+
+    clinic_name: str = Field(
+        "", max_length=120, description="The clinic's name in messages to patients (empty: the clinic code)."
+    )
+    email_enabled: bool = Field(True, description="Send the link by email when the request gives an address.")
+    sms_enabled: bool = Field(True, description="Send the link by SMS when the request gives a phone number.")
+    include_service_title: bool = Field(
+        False, description="Name the service (e.g. «МРТ суставов») in emails; off: nothing about the study's content."
+    )
+    sms_include_service_title: bool = Field(False, description="Name the service in SMS too (off by default).")
+    template_dir: str = Field(
+        "",
+        description=(
+            "A folder of message templates (email_subject.txt, email.txt, email.html, sms_link.txt, sms_pin.txt) "
+            "that replace the built-in ones; empty: the built-in ones."
+        ),
+    )
+    renotify_on_extend: bool = Field(
+        True, description="When the storage period is extended, send the patient the new date (same link)."
+    )
+    smtp_host: str = Field("", description="SMTP server; empty: no email is sent (messages stay queued).")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 TLS, 25 plain).")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls (upgrade a plain connection), tls (TLS from the start) or none."
+    )
+    smtp_username: str = Field("", description="SMTP user name (empty: no authentication).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password (environment only).")
+    smtp_timeout: float = Field(20, gt=0, le=300, description="Seconds to wait for the SMTP server.")
+    smtp_ca_file: str = Field("", description="CA bundle to verify the SMTP server's certificate (empty: system).")
+    email_from: str = Field(
+        "studies@clinic.example", max_length=254, description="Sender address of the emails (From)."
+    )
+    email_from_name: str = Field("", max_length=120, description="Sender name of the emails (empty: clinic name).")
+    sms_provider: Literal["log", "smsru", "twilio"] = Field(
+        "log", description="SMS gateway: log (development: logs that a message would go, not its text), smsru, twilio."
+    )
+    sms_sender: str = Field("", max_length=32, description="Sender name or number of the SMS (gateway's 'from').")
+    smsru_api_id: SecretStr | None = Field(None, description="SMS.ru api_id (environment only).")
+    smsru_url: str = Field("https://sms.ru", description="SMS.ru API base URL.")
+    twilio_account_sid: str = Field("", description="Twilio Account SID.")
+    twilio_auth_token: SecretStr | None = Field(None, description="Twilio auth token (environment only).")
+    twilio_url: str = Field("https://api.twilio.com", description="Twilio API base URL.")
+    webhook_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Secret in the delivery-status callback URLs given to the SMS gateway (environment only; "
+            "default: derived from the service secret)."
+        ),
+    )
+    sweep_seconds: int = Field(60, ge=5, le=3600, description="Seconds between passes of the 'notify' deployment.")
+    first_retry_seconds: float = Field(30, gt=0, description="Delay before the first retry of a message (doubles).")
+    max_retry_seconds: float = Field(1800, gt=0, description="Longest delay between two retries of a message.")
+    give_up_hours: float = Field(
+        72, gt=0, description="A message the provider keeps refusing to take (outage) fails after this long."
+    )
+    sending_timeout_seconds: float = Field(
+        300,
+        ge=10,
+        description=(
+            "A message marked 'sending' whose result was not recorded after this long becomes 'unknown' "
+            "(shown to staff, never resent automatically)."
+        ),
+    )
+    fhir_push_url: str = Field("", description="FHIR server base (R4 or R5) to push ImagingStudy to; empty: none.")
+    fhir_push_version: Literal["R4", "R5"] = Field("R4", description="FHIR version of the pushed resource.")
+    fhir_push_token: SecretStr | None = Field(None, description="Bearer token for the FHIR server (environment only).")
+    fhir_patient_system: str = Field(
+        "urn:studypub:mis:patient", description="Identifier system of the MIS's patient ids in FHIR references."
+    )
+    fhir_accession_system: str = Field(
+        "urn:studypub:mis:accession", description="Identifier system of the MIS's accession numbers in FHIR."
+    )
+
+
+class FactorSettings(BaseModel):
+    """The optional second factor on a patient's link."""
+
+    second_factor: SecondFactor = Field(
+        "none",
+        description=(
+            "Second factor asked before a link shows the study: none, pin (a code the service makes) or "
+            "birth_date (the patient's date of birth). A request may choose its own."
+        ),
+    )
+    pin_digits: int = Field(6, ge=4, le=10, description="Digits in a generated PIN.")
+    max_attempts: int = Field(5, ge=1, le=20, description="Wrong answers after which the link locks.")
+    remember_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="A right answer is remembered this long for that link (cookie)."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STUDYPUB_",
@@ -402,6 +499,8 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     runs: RunsSettings = Field(default_factory=RunsSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    factor: FactorSettings = Field(default_factory=FactorSettings)
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_production(self) -> Settings:
@@ -415,6 +514,7 @@ class Settings(BaseSettings):
             ("STUDYPUB_SECRET_KEY", self.secret_key),
             ("STUDYPUB_STORAGE__SECRET_ACCESS_KEY", self.storage.secret_access_key),
             ("STUDYPUB_DASHBOARD__FIRST_ADMIN_PASSWORD", self.dashboard.first_admin_password),
+            ("STUDYPUB_NOTIFY__SMTP_PASSWORD", self.notify.smtp_password),
         ):
             if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")

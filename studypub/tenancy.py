@@ -35,6 +35,7 @@ from studypub.models import (
     AuditEvent,
     Clinic,
     ManualRequest,
+    OutboxMessage,
     PublishedStudy,
     Setting,
     Task,
@@ -95,6 +96,7 @@ def _owned_criteria(codes: frozenset[str]) -> list[Any]:
         with_loader_criteria(AuditEvent, AuditEvent.clinic_code.in_(wanted), include_aliases=True),
         with_loader_criteria(Clinic, Clinic.code.in_(wanted), include_aliases=True),
         with_loader_criteria(TaskStep, TaskStep.task_id.in_(owned_tasks), include_aliases=True),
+        with_loader_criteria(OutboxMessage, OutboxMessage.task_id.in_(owned_tasks), include_aliases=True),
     ]
 
 
@@ -106,7 +108,7 @@ def _clinic_of(obj: Any, session: Session) -> tuple[bool, str | None]:
         return True, None  # the instance's: never inside a clinic's scope
     if isinstance(obj, (Task, PublishedStudy, ManualRequest, User, ApiKey, Setting, AuditEvent)):
         return True, obj.clinic_code
-    if isinstance(obj, TaskStep):  # its task's clinic; a task the scope cannot see is another clinic's
+    if isinstance(obj, (TaskStep, OutboxMessage)):  # its task's clinic; a task the scope cannot see is another clinic's
         task = obj.__dict__.get("task")
         if task is None:
             with session.no_autoflush:

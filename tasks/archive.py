@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 
 from studypub.dicomdir import DicomDirBuilder
 from studypub.errors import PublicationError
+from studypub.fhir.manifest import Manifest
 from studypub.i18n import N_
 from studypub.logs import details, get_logger
 from studypub.models import Step
@@ -101,6 +102,7 @@ def build_archive(
     modalities: set[str] = set()
     series: set[str] = set()
     extra = 0
+    manifest = Manifest()
     started = time.monotonic()
     paths.archive.unlink(missing_ok=True)
     with paths.archive.open("wb") as raw:
@@ -117,6 +119,7 @@ def build_archive(
                     extra += 1
                     name = f"EXTRA/IM{extra:06d}"
                 entries[str(ds.SOPInstanceUID)] = name
+                manifest.add(ds)
                 modalities.add(str(ds.get("Modality") or "OT"))
                 series.add(str(ds.get("SeriesInstanceUID") or ""))
                 size = src.stat().st_size
@@ -150,6 +153,7 @@ def build_archive(
         "series": len(series),
         "modalities": sorted(modalities),
         "seconds": round(time.monotonic() - started, 3),
+        "manifest": manifest.as_dict(),  # new UIDs only (FHIR ImagingStudy)
     }
 
 

@@ -11,6 +11,7 @@ from prefect import task
 
 from studypub.dicom import scu
 from studypub.errors import AmbiguousStudy, PatientMismatch, StudyNotFound
+from studypub.factor import set_birth_date_factor
 from studypub.i18n import N_
 from studypub.lifecycle import Waiting
 from studypub.logs import details, get_logger
@@ -20,6 +21,7 @@ from studypub.settings import Settings
 from tasks.common import TASK_DEFAULTS, retry_if_transient, ride_through, step_context
 
 log = get_logger("tasks.find")
+BIRTH_DATE = "_patient_birth_date"
 
 
 def find_study(settings: Settings, accession_number: str, patient_id: str) -> dict[str, Any]:
@@ -45,6 +47,7 @@ def find_study(settings: Settings, accession_number: str, patient_id: str) -> di
         "instances": instances,
         "series": match.series,
         "sop_classes": sop_classes,
+        BIRTH_DATE: match.patient_birth_date,  # popped by the step: never stored in the checkpoint
     }
 
 
@@ -61,6 +64,10 @@ def find(task_id: str) -> int:
         assert ctx.task.accession_number and ctx.task.patient_id
         acsn, pid = ctx.task.accession_number, ctx.task.patient_id
         study = ride_through(ctx, Waiting.PACS, lambda: find_study(ctx.settings, acsn, pid))
+        birth_date = study.pop(BIRTH_DATE, None)
+        if ctx.task.second_factor == "birth_date" and not ctx.task.factor_hash:
+            # The MIS gave no birth date: the PACS's answer is the one the patient is asked for.
+            set_birth_date_factor(ctx.session, task_id, birth_date)
         save_checkpoint(ctx.session, task_id, Step.FIND, study)
         # The MIS may send no date (and the dashboard's form asks for none): the PACS's answer then says it.
         copy_study_date(ctx.session, ctx.settings, task_id, study.get("study_date"), study.get("study_time"))

@@ -35,7 +35,9 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from api.deps import PublicSessionDep, SettingsDep
+from api.errors import NulInRequest
 from api.i18n import choose_locale, remember_locale
+from api.routes.link_gate import GateClosed, SecondFactorChecked, factor_state
 from studypub.clinics import ClinicContext, UnknownClinic, clinic_context
 from studypub.errors import StorageUnavailable
 from studypub.i18n import N_
@@ -54,6 +56,7 @@ from studypub.links import (
     record_view,
 )
 from studypub.logs import details, get_logger
+from studypub.models import Task
 from studypub.settings import Settings
 from studypub.storage import LocalStorage, S3Storage, open_storage
 from studypub.viewer.index import has_index
@@ -66,7 +69,7 @@ STATIC_DIR = API_DIR / "static"
 PREPARING_REFRESH_SECONDS = 10
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 HYGIENE_HEADERS: dict[str, str] = {
     "Referrer-Policy": "no-referrer",
@@ -361,6 +364,17 @@ class LinkRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 response = await handler(request)
+            except NulInRequest:  # a NUL in the body (the second factor's form): the one 422 of every route
+                raise
+            except GateClosed as gate:  # the link asks for its second factor first
+                response = _gate_page(
+                    request,
+                    gate.key,
+                    gate.state.kind,
+                    locked=gate.state.locked,
+                    pending=gate.state.factor_hash is None,
+                    preparing=gate.state.preparing,
+                )
             except (SQLAlchemyError, StorageUnavailable, OSError) as exc:
                 log.error("Link route unavailable", extra=details(error=type(exc).__name__))
                 response = _message_page(request, 503, "unavailable", headers={"Retry-After": "60"})
@@ -410,7 +424,9 @@ def _show(request: Request, session: Session, settings: Settings, key: str) -> R
 
 
 @router.api_route("/s/{key}", methods=["GET", "HEAD"], name="link_page", include_in_schema=False)
-def link_page(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
+def link_page(
+    key: str, request: Request, session: PublicSessionDep, settings: SettingsDep, _gate: SecondFactorChecked
+) -> Response:
     """The link's page: ready (facts, download button, help), being prepared (refreshes), failed, 404, 410."""
     try:
         return _show(request, session, settings, key)
@@ -437,7 +453,9 @@ def _deleted_meanwhile(session: Session, link: Link, client: Client, via: str) -
 
 
 @router.api_route("/s/{key}/download", methods=["GET", "HEAD"], name="link_download", include_in_schema=False)
-def link_download(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
+def link_download(
+    key: str, request: Request, session: PublicSessionDep, settings: SettingsDep, _gate: SecondFactorChecked
+) -> Response:
     """The archive: 302 to a presigned URL (S3) or the file (local storage, with Range). Not ready: 303 to
     the page; unknown: 404; expired or deleted: 410."""
     try:
@@ -476,6 +494,151 @@ def _download(key: str, request: Request, session: Session, settings: Settings) 
     if _counts_as_download(request, whole_file_only=True) and _deleted_meanwhile(session, link, client, "file"):
         return _gone(request)
     return ArchiveFileResponse(path, filename=filename, media_type="application/zip")
+
+
+# The second factor ---------------------------------------------------------------------------------------------
+
+GATE_TEXTS: dict[str, tuple[str, str, str]] = {  # kind -> title, explanation, field label
+    "pin": (
+        N_("Enter the PIN"),
+        N_("This link is protected by a PIN. You received it from the clinic or in a separate message."),
+        N_("PIN"),
+    ),
+    "birth_date": (
+        N_("Enter your date of birth"),
+        N_("To protect your privacy, this link asks for the patient's date of birth."),
+        N_("Date of birth"),
+    ),
+}
+
+
+def _gate_page(
+    request: Request,
+    key: str,
+    kind: str,
+    *,
+    locked: bool = False,
+    pending: bool = False,
+    preparing: bool = False,
+    remaining: int | None = None,
+    status_code: int = 200,
+) -> Response:
+    t = translator(choose_locale(request).locale)
+    title, text, label = GATE_TEXTS[kind]
+    if locked:
+        return _page(
+            request,
+            "link_gate.html",
+            status_code=403,
+            state="locked",
+            title=t.gettext("This link is locked"),
+            text=t.gettext("Too many wrong attempts. Contact the clinic to unlock the link."),
+            kind=kind,
+            action="",
+            label="",
+            remaining=None,
+        )
+    if pending:  # nothing to check against yet: a PIN on its way, a birth date the PACS has not given yet
+        return _page(
+            request,
+            "link_gate.html",
+            refresh=PREPARING_REFRESH_SECONDS if preparing else None,
+            state="pending",
+            title=t.gettext("Your study is being prepared") if preparing else t.gettext(title),
+            text=(
+                t.gettext("You will receive the PIN in a separate message when the study is ready.")
+                if kind == "pin"
+                else t.gettext(
+                    "The images are being collected and made anonymous. This usually takes a few minutes. This "
+                    "page refreshes by itself; you can also come back to the same link later."
+                )
+                if preparing
+                else t.gettext("The link cannot check the date of birth. Contact the clinic.")
+            ),
+            kind=kind,
+            action="",
+            label="",
+            remaining=None,
+        )
+    return _page(
+        request,
+        "link_gate.html",
+        status_code=status_code,
+        state="ask",
+        title=t.gettext(title),
+        text=t.gettext(text),
+        kind=kind,
+        action=request.url_for("link_verify", key=key).path,
+        label=t.gettext(label),
+        remaining=remaining,
+    )
+
+
+@router.api_route("/s/{key}/verify", methods=["GET", "HEAD"], include_in_schema=False)
+def link_verify_page(key: str, request: Request, session: PublicSessionDep) -> Response:
+    """The address of a wrong answer's page, opened again (the language switch, a reload): the link's page.
+    A key that is not a link is the same miss as anywhere else."""
+    try:
+        if (limited := _too_many(request)) is not None:
+            return limited
+        if not find_link(session, key).exists:
+            return _not_found(request)
+    finally:
+        session.close()
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse(request.url_for("link_page", key=key).path + query, status_code=303)
+
+
+@router.post("/s/{key}/verify", name="link_verify", include_in_schema=False)
+async def link_verify(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
+    """The patient's answer: right → a cookie for this link and back to its page; wrong → asked again with the
+    attempts left; the last wrong one locks the link."""
+    from starlette.concurrency import run_in_threadpool
+
+    await request.body()  # the whole body is read (and checked for a NUL) whatever its type
+    form = await request.form()
+    answer = str(form.get("answer", ""))[:64]
+
+    def check() -> Response:
+        from studypub.factor import cookie_name, remember_token, verify
+
+        try:
+            if (limited := _too_many(request)) is not None:
+                return limited
+            link = find_link(session, key)
+            if not link.exists:
+                return _not_found(request)
+            state = factor_state(session, key, settings)
+            page = request.url_for("link_page", key=key).path
+            if state is None:  # no second factor, or gone: the page says what there is to say
+                return RedirectResponse(page, status_code=303)
+            task = session.get(Task, state.task_id)
+            assert task is not None
+            if state.factor_hash is None or state.locked:
+                return _gate_page(
+                    request, key, state.kind, locked=state.locked, pending=not state.locked, preparing=state.preparing
+                )
+            outcome = verify(session, settings, task, answer)
+            if outcome.locked:
+                return _gate_page(request, key, state.kind, locked=True)
+            if not outcome.ok:
+                return _gate_page(request, key, state.kind, remaining=outcome.remaining, status_code=422)
+            response = RedirectResponse(page, status_code=303)
+            minutes = settings.factor.remember_minutes
+            response.set_cookie(
+                cookie_name(key),
+                remember_token(settings.secret_bytes(), key, state.factor_hash, minutes),
+                max_age=minutes * 60,
+                path=f"/s/{key}",
+                httponly=True,
+                samesite="lax",
+                secure=request.url.scheme == "https",
+            )
+            return response
+        finally:
+            session.close()
+
+    return await run_in_threadpool(check)
 
 
 @router.api_route("/s", methods=["GET", "HEAD"], include_in_schema=False)

@@ -16,6 +16,7 @@ from api.schemas import SPEC_EXAMPLE, Error, ExtendRequest, Publication, Publish
 from studypub.apikeys import Caller
 from studypub.clinics import clinic_context, normalise_code
 from studypub.errors import Forbidden, NotFound
+from studypub.factor import issue_pin_to_hand_over
 from studypub.models import Task, TaskStatus
 from studypub.publications import (
     PublicationRequest,
@@ -98,9 +99,15 @@ def publish(
             service_title=body.service_title,
             study_date=body.study_date,
             dispatch=True,
+            patient_email=body.patient_email,
+            patient_phone=body.patient_phone,
+            notify_language=body.notify_language,
+            second_factor=body.second_factor,
+            patient_birth_date=body.patient_birth_date.isoformat() if body.patient_birth_date else None,
         ),
         actor=f"mis:{client.name}",
     )
+    pin = issue_pin_to_hand_over(session, clinic.settings, task) if created else None
     if not created and task.status == TaskStatus.FAILED:
         created = requeue(session, task.id, actor=f"mis:{client.name}")
         session.expire(task)
@@ -108,7 +115,9 @@ def publish(
         request.app.state.dispatcher.wake()
     if task.status == TaskStatus.COMPLETED:
         response.status_code = status.HTTP_200_OK
-    return _view(request, session, clinic.settings, task)
+    answer = _view(request, session, clinic.settings, task)
+    answer.pin = pin
+    return answer
 
 
 @router.get(

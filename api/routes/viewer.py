@@ -35,6 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 
 from api.deps import PublicSessionDep, SettingsDep
 from api.i18n import choose_locale
+from api.routes.link_gate import SecondFactorChecked
 from api.routes.links import (
     LinkRoute,
     _client,
@@ -252,7 +253,9 @@ def ohif_url(request: Request, key: str) -> str:
 
 
 @router.api_route("/s/{key}/view", methods=["GET", "HEAD"], name="viewer_page")
-def viewer_page(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
+def viewer_page(
+    key: str, request: Request, session: PublicSessionDep, settings: SettingsDep, _gate: SecondFactorChecked
+) -> Response:
     """The viewer: the touch viewer's page, which sends a wide screen with a mouse on to OHIF (unless
     ``?ui=phone``); ``?ui=desk`` goes to OHIF at once. Counted like a download."""
     try:
@@ -370,7 +373,9 @@ def _manifest_context(key: str, request: Request, session: Session, settings: Se
 
 
 @router.get("/s/{key}/view/manifest.json", name="viewer_manifest")
-def viewer_manifest(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
+def viewer_manifest(
+    key: str, request: Request, session: PublicSessionDep, settings: SettingsDep, _gate: SecondFactorChecked
+) -> Response:
     """OHIF's DICOM JSON: the study, its series, each instance's metadata and its signed URL."""
     try:
         context = _manifest_context(key, request, session, settings)
@@ -415,7 +420,9 @@ def viewer_manifest(key: str, request: Request, session: PublicSessionDep, setti
 
 
 @router.get("/s/{key}/view/study.json", name="viewer_study")
-def viewer_study(key: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
+def viewer_study(
+    key: str, request: Request, session: PublicSessionDep, settings: SettingsDep, _gate: SecondFactorChecked
+) -> Response:
     """The touch viewer's compact manifest: series with their instances' URLs, frames and display hints."""
     try:
         context = _manifest_context(key, request, session, settings)
@@ -455,7 +462,9 @@ def _cache_seconds(link: Link, expires: int) -> int:
 
 
 @router.get("/s/{key}/view/i/{n}", name="viewer_instance")
-def viewer_instance(key: str, n: str, request: Request, session: PublicSessionDep, settings: SettingsDep) -> Response:
+def viewer_instance(
+    key: str, n: str, request: Request, session: PublicSessionDep, settings: SettingsDep, _gate: SecondFactorChecked
+) -> Response:
     """One instance (application/dicom), read out of the archive. A bad or expired signature: 403."""
     try:
         link, answer = _ready_link(request, session, key)

@@ -46,6 +46,7 @@ class StudyMatch:
     series: int | None
     sop_classes: list[str] = field(default_factory=list)
     study_time: str | None = None
+    patient_birth_date: str | None = None  # DA; only ever hashed (a link's second factor), never stored
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def find_studies(settings: Settings, accession_number: str) -> list[StudyMatch]:
     for keyword in (
         "StudyInstanceUID",
         "PatientID",
+        "PatientBirthDate",
         "StudyDate",
         "StudyTime",
         "ModalitiesInStudy",
@@ -172,6 +174,7 @@ def find_studies(settings: Settings, accession_number: str) -> list[StudyMatch]:
                     instances=_int(ds, "NumberOfStudyRelatedInstances"),
                     series=_int(ds, "NumberOfStudyRelatedSeries"),
                     sop_classes=[str(c) for c in sop_classes if c],
+                    patient_birth_date=_str(ds, "PatientBirthDate"),
                 )
             )
         return matches

@@ -114,8 +114,44 @@ SETTINGS = Labels(
         "pacs.calling_ae": pN_("setting", "Our AE title at this PACS (C-MOVE destination)"),
         "pacs.retrieve_method": pN_("setting", "Retrieval (move or get)"),
         "pacs.store_from_aes": pN_("setting", "AE titles that may store to us (comma-separated)"),
+        "notify.clinic_name": pN_("setting", "Clinic name in messages to patients"),
+        "notify.email_from": pN_("setting", "Sender address of emails"),
+        "notify.email_from_name": pN_("setting", "Sender name of emails"),
+        "notify.sms_sender": pN_("setting", "SMS sender name"),
+        "notify.include_service_title": pN_("setting", "Name the service in emails"),
+        "notify.sms_include_service_title": pN_("setting", "Name the service in SMS"),
+        "notify.renotify_on_extend": pN_("setting", "Tell the patient when the storage is extended"),
+        "factor.second_factor": pN_("setting", "Second factor on links"),
     },
 )
+
+SECOND_FACTORS = Labels(
+    "second_factor",
+    {
+        "none": pN_("second_factor", "none"),
+        "pin": pN_("second_factor", "PIN"),
+        "birth_date": pN_("second_factor", "date of birth"),
+    },
+)
+
+CHANNELS = Labels(
+    "channel",
+    {"email": pN_("channel", "Email"), "sms": pN_("channel", "SMS"), "fhir": pN_("channel", "FHIR server")},
+)
+
+MESSAGE_STATUSES = Labels(
+    "message_status",
+    {
+        "queued": pN_("message_status", "queued"),
+        "sending": pN_("message_status", "sending"),
+        "sent": pN_("message_status", "sent"),
+        "delivered": pN_("message_status", "delivered"),
+        "failed": pN_("message_status", "failed"),
+        "unknown": pN_("message_status", "unknown (not resent by itself)"),
+    },
+)
+
+YES_NO = Labels("yes_no", {"true": pN_("yes_no", "yes"), "false": pN_("yes_no", "no")})
 
 BURNED_IN_POLICIES = Labels(
     "burned_in_policy",
@@ -149,6 +185,7 @@ CHOICES = {
     "deid.burned_in_policy": BURNED_IN_POLICIES,
     "deid.burned_in_text": BURNED_IN_TEXT_POLICIES,
     "deid.dates": DATES_POLICIES,
+    "factor.second_factor": SECOND_FACTORS,
 }
 
 # Why an instance was left out of the archive (studypub.deid reason codes).

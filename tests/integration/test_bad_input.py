@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from studypub.models import Task
-from tests.integration.test_dashboard import ACCESS, PUBLIC, UNREACHABLE_PREFECT, _concrete
+from tests.integration.test_dashboard import ACCESS, EXTRA_VALUES, PUBLIC, UNREACHABLE_PREFECT, _concrete
 from tests.support.api import make_api_key, seed_publication
 from tests.support.dashboard import PASSWORD, Browser, make_user
 
@@ -125,6 +125,7 @@ def test_every_route_refuses_a_nul_in_its_path_query_and_body(server: Any) -> No
         "key": "A" * 22,
         "rest": "x/y",
         "code": "f_khimki",
+        **EXTRA_VALUES,
     }
     make_api_key("nul-key")
     with Browser(server.base_url) as anonymous, Browser(server.base_url) as admin:

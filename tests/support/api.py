@@ -117,6 +117,22 @@ def tiny_archive(files: int = 3) -> bytes:
     return buf.getvalue()
 
 
+# What the zip step records of the archive (new UIDs), for the FHIR resource of a seeded publication.
+SEED_MANIFEST = {
+    "study_uid": "2.25.1111",
+    "series": [
+        {
+            "uid": "2.25.2222",
+            "number": 1,
+            "modality": "MR",
+            "instances": [
+                {"uid": f"2.25.333{i}", "sop_class": "1.2.840.10008.5.1.4.1.1.4", "number": i} for i in (1, 2, 3)
+            ],
+        }
+    ],
+}
+
+
 @dataclass
 class Seeded:
     task_id: str
@@ -135,6 +151,7 @@ def seed_publication(
     study_date: datetime | None = None,
     save_till: datetime | None = None,
     archive: bytes | None = None,
+    **request: Any,
 ) -> Seeded:
     """A publication in ``status``: COMPLETED has its archive in storage; FAILED has a reason; QUEUED and
     RUNNING have neither. ``save_till`` in the past makes a publication that has expired but is not deleted
@@ -163,6 +180,7 @@ def seed_publication(
                 source="mis",
                 service_title=service_title,
                 study_date=study_date or datetime.fromisoformat("2025-02-01T16:18:02+03:00"),
+                **request,  # the patient's contact, the second factor...
             ),
         )
         task_id, link_key, object_key = task.id, task.link_key, task.object_key or ""
@@ -170,6 +188,10 @@ def seed_publication(
         if status != TaskStatus.QUEUED:
             assert claim(session, task_id, "seed", lease_seconds=settings.runs.lease_seconds)
         if status == TaskStatus.COMPLETED:
+            from studypub.models import Step
+            from studypub.publications import save_checkpoint
+
+            save_checkpoint(session, task_id, Step.ZIP, {"manifest": SEED_MANIFEST})
             storage = open_storage(settings)
             storage.ensure_ready()
             with storage.writer(object_key) as fh:

@@ -41,7 +41,8 @@ def test_publish_flow_takes_only_the_task_id() -> None:
 
 def test_publish_and_retention_are_declared_with_their_entrypoints() -> None:
     by_name = {d["name"]: d for d in _deployments()}
-    assert set(by_name) == {"publish", "retention"}
+    assert set(by_name) == {"publish", "retention", "notify"}
+    assert by_name["notify"]["entrypoint"] == "flows/notify.py:deliver_messages"
     assert by_name["publish"]["entrypoint"] == "flows/publish.py:publish_study"
     assert by_name["retention"]["entrypoint"] == "flows/retention.py:retention"
     assert not by_name["publish"].get("schedules")  # runs are started per request, never on a schedule
