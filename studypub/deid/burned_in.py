@@ -108,7 +108,7 @@ OCR_SOP_CLASSES = frozenset(
 CROSS_SECTIONAL = frozenset({"CT", "MR", "PT", "NM", "OPT", "OCT"})
 
 MAX_SAMPLED_FRAMES = 6  # a long cine is read on this many frames spread over it (first and last included)
-UPSCALE_BELOW = 1000  # images smaller than this (longest side) are read at twice their size
+UPSCALE_BELOW = 600  # images smaller than this (longest side) are read at twice their size
 MIN_SIDE = 24  # smaller images cannot show readable text
 VERIFY_ROUNDS = 2  # mask, read again, mask what is found: at most this many times
 OCR_LANGUAGES = "eng+rus"
