@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import task
 
+from studypub.deid.burned_in import OCR_MODALITIES
 from studypub.deid.engine import PROFILE_VERSION, DeidOptions
 from studypub.deid.errors import DeidError
 from studypub.deid.pool import anonymise_one, init_worker, pool_context, warm_up
@@ -29,6 +30,7 @@ from tasks.common import TASK_DEFAULTS, step_context
 log = get_logger("tasks.anonymise")
 
 POOL_THRESHOLD = 32  # below this many instances a pool costs more than it saves
+OCR_POOL_THRESHOLD = 4  # ...unless their pixels are read for burned-in text (seconds each)
 
 
 def uid_key(settings: Settings, uid_salt: str) -> bytes:
@@ -71,9 +73,16 @@ def withheld_text(result: dict[str, Any]) -> str:
 
 
 def anonymise_spool(
-    settings: Settings, key: bytes, paths: WorkPaths, *, expected: int | None = None, uid_salt: str = ""
+    settings: Settings,
+    key: bytes,
+    paths: WorkPaths,
+    *,
+    expected: int | None = None,
+    uid_salt: str = "",
+    modalities: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Anonymise every file that appears in ``paths.raw`` (until retrieval is done) into ``paths.clean``."""
+    """Anonymise every file that appears in ``paths.raw`` (until retrieval is done) into ``paths.clean``.
+    A study whose modalities are read for burned-in text uses the process pool from a few instances on."""
     options = deid_options(settings, uid_salt)
     workers = settings.deid.workers or os.cpu_count() or 1
     written = 0
@@ -99,7 +108,8 @@ def anonymise_spool(
             N_("an instance could not be anonymised safely (%(error)s)", error=type(exc).__name__)
         )
 
-    use_pool = workers > 1 and (expected or 0) >= POOL_THRESHOLD
+    ocr = options.burned_in_text != "off" and bool(set(modalities or ()) & OCR_MODALITIES)
+    use_pool = workers > 1 and (expected or 0) >= (OCR_POOL_THRESHOLD if ocr else POOL_THRESHOLD)
     if not use_pool:
         init_worker(key, options)
         try:
@@ -146,9 +156,16 @@ def anonymise(task_id: str) -> int:
             return int(done["instances"])
         ctx.paths.create()
         clear_done(ctx.paths, "clean")
-        expected = (ctx.task.checkpoints.get(Step.FIND.value) or {}).get("instances")
+        found = ctx.task.checkpoints.get(Step.FIND.value) or {}
         salt = ctx.task.uid_salt
-        result = anonymise_spool(ctx.settings, uid_key(ctx.settings, salt), ctx.paths, expected=expected, uid_salt=salt)
+        result = anonymise_spool(
+            ctx.settings,
+            uid_key(ctx.settings, salt),
+            ctx.paths,
+            expected=found.get("instances"),
+            uid_salt=salt,
+            modalities=found.get("modalities"),
+        )
         if result["instances"] == 0:
             raise AnonymisationFailed(N_("nothing left to publish: %(reason)s", reason=withheld_text(result)))
         save_checkpoint(ctx.session, task_id, Step.ANONYMISE, result)

@@ -108,7 +108,7 @@ OCR_SOP_CLASSES = frozenset(
 CROSS_SECTIONAL = frozenset({"CT", "MR", "PT", "NM", "OPT", "OCT"})
 
 MAX_SAMPLED_FRAMES = 6  # a long cine is read on this many frames spread over it (first and last included)
-UPSCALE_BELOW = 1000  # images smaller than this (longest side) are read at twice their size
+UPSCALE_BELOW = 600  # images smaller than this (longest side) are read at twice their size
 MIN_SIDE = 24  # smaller images cannot show readable text
 VERIFY_ROUNDS = 2  # mask, read again, mask what is found: at most this many times
 OCR_LANGUAGES = "eng+rus"
@@ -495,14 +495,25 @@ def _store(ds: Dataset, ts: str, arr: np.ndarray, photometric: str) -> str:
 
 def describe_rows(policy: str) -> list[dict[str, str]]:
     """The OCR rules, one row each, for ``studypub deid-profile`` (the profile's row shape)."""
-    common = {"keyword": "", "vr": "", "table_action": "", "source": "rule"}
+
+    def row(tag: str, name: str, applied: str, why: str) -> dict[str, str]:
+        return {
+            "tag": tag,
+            "keyword": "",
+            "name": name,
+            "vr": "",
+            "table_action": "",
+            "applied_action": applied,
+            "why": why,
+            "source": "rule",
+        }
+
     return [
-        {
-            **common,
-            "tag": "burned-in text",
-            "name": "Text burned into the pixels (OCR)",
-            "applied_action": policy,
-            "why": "mask: every region where Tesseract ("
+        row(
+            "burned-in text",
+            "Text burned into the pixels (OCR)",
+            policy,
+            "mask: every region where Tesseract ("
             + OCR_LANGUAGES
             + ") reads text is filled with one value in every frame, the masked frames are read again "
             "(up to "
@@ -510,19 +521,19 @@ def describe_rows(policy: str) -> list[dict[str, str]]:
             + " rounds) and BurnedInAnnotation is set NO only when they read clean (else YES, and the burned-in "
             "policy applies); a masked instance is stored uncompressed (lossless); withhold: an instance with "
             "text is left out; off: not read. An instance that cannot be decoded is left out.",
-        },
-        {
-            **common,
-            "tag": "OCR scope",
-            "name": "Which instances are read",
-            "applied_action": "read" if policy != "off" else "-",
-            "why": "modalities "
+        ),
+        row(
+            "OCR scope",
+            "Which instances are read",
+            "read" if policy != "off" else "-",
+            "modalities "
             + ", ".join(sorted(OCR_MODALITIES))
             + "; ultrasound, secondary capture, X-ray angiography/fluoroscopy, visible light, CR/DX/MG SOP "
             "classes; BurnedInAnnotation=YES; ImageType with SCREEN SAVE/CAPTURE or DERIVED\\SECONDARY. "
             + ", ".join(sorted(CROSS_SECTIONAL))
             + " only when flagged. Multi-frame: "
             + str(MAX_SAMPLED_FRAMES)
-            + " frames spread over the instance are read; the regions found are masked in every frame.",
-        },
+            + " frames spread over the instance and their median are read; the regions found are masked in every "
+            "frame.",
+        ),
     ]

@@ -35,3 +35,26 @@ def test_saved_values_apply_and_empty_ones_return_to_the_default(db_url: str) ->
         with pytest.raises(ValidationError):
             save_overrides(session, settings, {"pacs.port": "abc"}, actor="admin")
         assert effective_settings(session, settings).pacs.port == 104  # nothing stored by the refusal
+
+
+def test_burned_in_text_policy_is_overridable_and_reaches_the_anonymiser(db_url: str) -> None:
+    """deid.burned_in_text (mask / withhold / off, issue 11): saved in the dashboard, applied to the step's
+    DeidOptions, and stated in the archive's note."""
+    from studypub.notes import archive_note
+    from tasks.anonymise import deid_options
+
+    settings = get_settings()
+    assert settings.deid.burned_in_text == "mask" and deid_options(settings).burned_in_text == "mask"
+    with pytest.raises(ValidationError, match=r"deid\.burned_in_text"):
+        apply_overrides(settings, {"deid.burned_in_text": "blur"})
+    with get_sessionmaker()() as session:
+        save_overrides(session, settings, {"deid.burned_in_text": "withhold"}, actor="admin")
+        effective = effective_settings(session, settings)
+        assert deid_options(effective).burned_in_text == "withhold"
+        save_overrides(session, settings, {"deid.burned_in_text": ""}, actor="admin")
+    note = archive_note(
+        instances=3, series=1, withheld=0, withheld_reasons={}, first_locale="en", burned_in_text="mask"
+    )
+    assert "has been blacked out" in note and "закрашен" in note
+    off = archive_note(instances=3, series=1, withheld=0, withheld_reasons={}, first_locale="en", burned_in_text="off")
+    assert "were not checked for text" in off
