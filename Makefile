@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast bench bench-chaos lint i18n lock clean
+.PHONY: run test test-fast bench bench-chaos bench-viewer lint i18n lock clean
 
 run:            ## set up and start the service on embedded defaults (SQLite, local Prefect, local storage, demo PACS)
 	@deployments/setup.sh run
@@ -21,6 +21,10 @@ bench:          ## benchmarks (print numbers; not tests)
 	@$(PY) -m bench.publish
 	@$(PY) -m bench.api_latency
 	@$(PY) -m bench.published_list
+
+bench-viewer:   ## the in-browser viewers on a 500-slice CT: first image, all slices, bytes (Chromium); ~10 min
+	@deployments/setup.sh test
+	@$(PY) -m bench.viewer
 
 bench-chaos:    ## self-healing under faults (kills, restarts, outages of 90 s) and a burst of 100 requests; ~20 min
 	@deployments/setup.sh test
