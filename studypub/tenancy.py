@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, and_, event, select
@@ -81,7 +82,9 @@ def _by_clinic_code() -> list[type[Any]]:
     )
 
 
-def _owned_criteria(codes: frozenset[str]) -> list[Any]:
+@lru_cache(maxsize=256)
+def _owned_criteria(codes: frozenset[str]) -> tuple[Any, ...]:
+    """The filter options of a scope (built once per set of clinics and process: they are immutable)."""
     wanted = sorted(codes)
     owned_tasks = select(Task.id).where(Task.clinic_code.in_(wanted))
     special: dict[type[Any], Any] = {
@@ -96,11 +99,11 @@ def _owned_criteria(codes: frozenset[str]) -> list[Any]:
         )
         for model in _by_clinic_code()
     ]
-    return [
+    return (
         *criteria,
         with_loader_criteria(Clinic, Clinic.code.in_(wanted), include_aliases=True),
         with_loader_criteria(TaskStep, TaskStep.task_id.in_(owned_tasks), include_aliases=True),
-    ]
+    )
 
 
 def _clinic_of(obj: Any, session: Session) -> tuple[bool, str | None]:
