@@ -98,6 +98,7 @@ DETAILS = Labels(
         "waiting_for": pN_("audit_detail", "Waiting for"),
         "ok": pN_("audit_detail", "The PACS answered"),
         "changed": pN_("audit_detail", "Changed"),
+        "clinic": pN_("audit_detail", "Clinic"),
     },
 )
 LINK_STATES = Labels(

@@ -23,25 +23,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, and_, event, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
 from sqlalchemy.sql.elements import TextClause
 
 from studypub.errors import StudyPubError
-from studypub.models import (
-    ApiKey,
-    AuditEvent,
-    Clinic,
-    ManualRequest,
-    OutboxMessage,
-    PublishedStudy,
-    Setting,
-    Task,
-    TaskStep,
-    User,
-)
+from studypub.models import Base, Clinic, OutboxMessage, Task, TaskStep, User, ViewerIndex
 
 KEY = "studypub.scope"
 SUPERADMIN_ROLE = "superadmin"  # studypub.users.Role.SUPERADMIN (users imports publications, which imports us)
@@ -79,25 +70,42 @@ def clinics_scope(codes: Any) -> Scope:
     return Scope(frozenset(codes), label=",".join(sorted(codes)))
 
 
-# What belongs to a clinic, and how a row names its clinic.
-def _owned_criteria(codes: frozenset[str]) -> list[Any]:
+# What belongs to a clinic. Every mapped model with a ``clinic_code`` column is a clinic's, found by reading
+# the models (a model added later is filtered without being listed here); the others say how they belong.
+SHARED_TABLES = frozenset({"slot_leases"})  # the instance's: retrieval slots per PACS, no clinic data
+
+
+def _by_clinic_code() -> list[type[Any]]:
+    return sorted(
+        (m.class_ for m in Base.registry.mappers if "clinic_code" in m.columns),
+        key=lambda cls: cls.__name__,
+    )
+
+
+@lru_cache(maxsize=256)
+def _owned_criteria(codes: frozenset[str]) -> tuple[Any, ...]:
+    """The filter options of a scope (built once per set of clinics and process: they are immutable)."""
     wanted = sorted(codes)
     owned_tasks = select(Task.id).where(Task.clinic_code.in_(wanted))
-    return [
-        with_loader_criteria(Task, Task.clinic_code.in_(wanted), include_aliases=True),
-        with_loader_criteria(PublishedStudy, PublishedStudy.clinic_code.in_(wanted), include_aliases=True),
-        with_loader_criteria(ManualRequest, ManualRequest.clinic_code.in_(wanted), include_aliases=True),
+    special: dict[type[Any], Any] = {
         # A superadmin belongs to the instance, not to the clinic named on its row: no clinic sees or changes it.
+        User: and_(User.clinic_code.in_(wanted), User.role != SUPERADMIN_ROLE),
+    }
+    criteria = [
         with_loader_criteria(
-            User, and_(User.clinic_code.in_(wanted), User.role != SUPERADMIN_ROLE), include_aliases=True
-        ),
-        with_loader_criteria(ApiKey, ApiKey.clinic_code.in_(wanted), include_aliases=True),
-        with_loader_criteria(Setting, Setting.clinic_code.in_(wanted), include_aliases=True),
-        with_loader_criteria(AuditEvent, AuditEvent.clinic_code.in_(wanted), include_aliases=True),
+            model,
+            special.get(model, model.clinic_code.in_(wanted)),
+            include_aliases=True,  # type: ignore[attr-defined]
+        )
+        for model in _by_clinic_code()
+    ]
+    return (
+        *criteria,
         with_loader_criteria(Clinic, Clinic.code.in_(wanted), include_aliases=True),
         with_loader_criteria(TaskStep, TaskStep.task_id.in_(owned_tasks), include_aliases=True),
         with_loader_criteria(OutboxMessage, OutboxMessage.task_id.in_(owned_tasks), include_aliases=True),
-    ]
+        with_loader_criteria(ViewerIndex, ViewerIndex.task_id.in_(owned_tasks), include_aliases=True),
+    )
 
 
 def _clinic_of(obj: Any, session: Session) -> tuple[bool, str | None]:
@@ -106,15 +114,17 @@ def _clinic_of(obj: Any, session: Session) -> tuple[bool, str | None]:
         return True, obj.code
     if isinstance(obj, User) and obj.role == SUPERADMIN_ROLE:
         return True, None  # the instance's: never inside a clinic's scope
-    if isinstance(obj, (Task, PublishedStudy, ManualRequest, User, ApiKey, Setting, AuditEvent)):
-        return True, obj.clinic_code
-    if isinstance(obj, (TaskStep, OutboxMessage)):  # its task's clinic; a task the scope cannot see is another clinic's
+    # A row of a task (its steps, messages, viewer index) is its task's clinic's; a task the scope cannot see is
+    # another clinic's.
+    if isinstance(obj, (TaskStep, OutboxMessage, ViewerIndex)):
         task = obj.__dict__.get("task")
         if task is None:
             with session.no_autoflush:
                 task = session.get(Task, obj.task_id)
         return True, task.clinic_code if task is not None else None
-    return False, None
+    if "clinic_code" in sa_inspect(type(obj)).columns:
+        return True, obj.clinic_code
+    return type(obj).__tablename__ not in SHARED_TABLES, None  # unknown kinds of rows: not in a clinic's scope
 
 
 def scope_of(session: Session) -> Scope | None:

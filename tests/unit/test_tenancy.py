@@ -131,3 +131,17 @@ def test_two_scopes_in_turn_never_share_a_cached_statement(db_url: str) -> None:
                 assert [t.id for t in session.scalars(select(Task).order_by(Task.id))] == [seeded[key].task_id]
                 task = session.scalars(select(Task)).one()
                 assert {s.task_id for s in task.steps} <= {seeded[key].task_id}  # a relationship load too
+
+
+def test_every_table_is_a_clinics_or_says_why_not() -> None:
+    """Clinic-owned models are found by their ``clinic_code`` column: a new one is filtered without being
+    listed; a table without one is a clinic's through another (task steps, clinics) or is named shared."""
+    from studypub.models import Base
+    from studypub.tenancy import SHARED_TABLES, _by_clinic_code
+
+    owned = {cls.__tablename__ for cls in _by_clinic_code()}
+    assert {"tasks", "published_studies", "manual_requests", "users", "api_keys", "settings", "audit_events"} <= owned
+    for name, table in Base.metadata.tables.items():
+        assert (
+            "clinic_code" in table.c or name in {"clinics", "task_steps", "outbox", "viewer_indexes"} | SHARED_TABLES
+        ), name
