@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from studypub.models import utcnow
-from tests.integration.test_dashboard import ACCESS, ADMIN, EXTEND, MIS, PUBLIC, SUPER, USER, app_routes
+from tests.integration.test_dashboard import ACCESS, ADMIN, EXTEND, EXTRA_VALUES, MIS, PUBLIC, SUPER, USER, app_routes
 from tests.support.api import make_api_key, seed_publication
 from tests.support.dashboard import Browser, make_user
 
@@ -116,7 +116,7 @@ def test_route_matrix_one_clinic_against_the_other(two_clinics: Any) -> None:
     for (method, template), access in sorted(ACCESS.items()):
         if access == PUBLIC:
             continue  # not a clinic's: the link pages answer by their unguessable key only
-        path = _concrete(template, theirs)
+        path = _concrete(template, {**EXTRA_VALUES, **theirs})
         if access == MIS:  # A's key on B's tasks, and publishing for B
             body: dict[str, Any] = {"save_till_date": (utcnow() + timedelta(days=9)).isoformat()}
             if template == "/publish":

@@ -250,7 +250,16 @@ ACCESS: dict[tuple[str, str], str] = {
 
 
 # Path values of the routes that reach the patient and other systems (a message that does not exist is fine).
-EXTRA_VALUES = {"message_id": "999999", "version": "R4", "provider": "smsru", "token": "not-the-token"}
+# Path values of the routes that need more than a task, a user and a key's name to reach.
+EXTRA_VALUES = {
+    "message_id": "999999",
+    "version": "R4",
+    "provider": "smsru",
+    "token": "not-the-token",
+    "n": "0",
+    "path": "choose.js",
+    "code": "f_khimki",
+}
 
 
 def app_routes() -> set[tuple[str, str]]:
@@ -321,8 +330,6 @@ def test_role_matrix(db_url: str, dashboard: Any) -> None:
         "key": "A" * 22,
         "rest": "x/y",
         "n": "0",
-        "path": "choose.js",
-        "code": "f_khimki",
         **EXTRA_VALUES,
     }
     n = 0
@@ -370,7 +377,6 @@ def test_csrf_is_required_on_every_form(db_url: str, dashboard: Any) -> None:
     api = dashboard(STUDYPUB_DASHBOARD__LOGIN_RATE_LIMIT="1000/minute")
     victim = make_user("victim", "registrator")
     seeded = seed_publication(status="FAILED")
-    values = {"task_id": seeded.task_id, "user_id": str(victim), "name": "nokey", "code": "f_khimki"}
     values = {"task_id": seeded.task_id, "user_id": str(victim), "name": "nokey", **EXTRA_VALUES}
     before = len(audit_actions())
     posts = [template for (method, template) in ACCESS if method == "POST" and template.startswith("/dashboard")]
