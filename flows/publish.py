@@ -107,11 +107,18 @@ def run_pipeline(settings: Settings, task_id: str, steps: list[Step], paths: Wor
     tasks = pipeline_tasks(settings)
     futures: list[tuple[Step, PrefectFuture[Any]]] = [(s, tasks[s].submit(task_id)) for s in steps]
     pending = [f for _, f in futures]
+    finished: list[PrefectFuture[Any]] = []
     aborted = False
     while pending:
         done = wait(pending, timeout=0.5).done
+        for future in done:
+            # Finished already: this records its final state on the future. Without it ``state`` asks the
+            # Prefect API, which can still say Running for a moment; a failure read that way was missed and
+            # the steps that follow the failed one waited for its output forever.
+            future.wait(timeout=0)
+        finished.extend(done)
         pending = [f for f in pending if f not in done]
-        if not aborted and any(f.state.is_failed() or f.state.is_crashed() for f in done):
+        if not aborted and any(f.state.is_failed() or f.state.is_crashed() for f in finished):
             signal_abort(paths, "a step failed")
             aborted = True
     failures: list[tuple[Step, BaseException]] = []
