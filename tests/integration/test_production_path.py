@@ -155,6 +155,8 @@ def test_compose_environment_end_to_end(
 
         study = study_factory()
         orthanc.upload(study.paths)
+        # The administrator adds the clinic its MIS sends (an unknown clinic_code is a 422), then the MIS's key.
+        _run(app_env, "clinic", "add", "f_Khimki", "--name", "ru=Химки", "--phone", "+7 495 000-00-00")
         key = json.loads(_run(app_env, "create-api-key", "--name", "mis"))["api_key"]
         with running_worker(app_env, tmp_path / "worker.log", "worker-production-path.log"):
             api = subprocess.Popen(
