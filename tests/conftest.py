@@ -75,21 +75,9 @@ def pg_database() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs the test on both backends; the schema comes from the Alembic migrations."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'app.db'}"
-    else:
-        url = request.getfixturevalue("pg_database")
-        from sqlalchemy import create_engine, text
+    from tests.support.databases import empty_database
 
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
-        from studypub.db import _engine_for
-
-        _engine_for.cache_clear()
-    monkeypatch.setenv("STUDYPUB_DATABASE__URL", url)
-    _clear_settings_cache()
+    url = empty_database(request, tmp_path, monkeypatch)
     from tests.support.api import ensure_test_clinics
 
     ensure_test_clinics()  # migrated, with the clinics the tests publish for

@@ -493,23 +493,10 @@ def _store(ds: Dataset, ts: str, arr: np.ndarray, photometric: str) -> str:
     return new_ts
 
 
-def describe_rows(policy: str) -> list[dict[str, str]]:
-    """The OCR rules, one row each, for ``studypub deid-profile`` (the profile's row shape)."""
-
-    def row(tag: str, name: str, applied: str, why: str) -> dict[str, str]:
-        return {
-            "tag": tag,
-            "keyword": "",
-            "name": name,
-            "vr": "",
-            "table_action": "",
-            "applied_action": applied,
-            "why": why,
-            "source": "rule",
-        }
-
+def describe_rows(policy: str) -> list[tuple[str, str, str, str]]:
+    """The OCR rules, one (tag, name, applied action, why) each, for ``studypub deid-profile``."""
     return [
-        row(
+        (
             "burned-in text",
             "Text burned into the pixels (OCR)",
             policy,
@@ -522,7 +509,7 @@ def describe_rows(policy: str) -> list[dict[str, str]]:
             "policy applies); a masked instance is stored uncompressed (lossless); withhold: an instance with "
             "text is left out; off: not read. An instance that cannot be decoded is left out.",
         ),
-        row(
+        (
             "OCR scope",
             "Which instances are read",
             "read" if policy != "off" else "-",

@@ -384,7 +384,7 @@ class Profile:
         rows.extend(_beyond_table_rows(opts))
         from studypub.deid.burned_in import describe_rows  # the OCR rules live with the OCR
 
-        rows.extend(describe_rows(opts.burned_in_text))
+        rows.extend(rule_row(*rule) for rule in describe_rows(opts.burned_in_text))
         return rows
 
 
@@ -443,61 +443,64 @@ def _explain(decision: Decision) -> tuple[str, str]:
     return "K", "keep"
 
 
+def rule_row(tag: str, name: str, applied: str, why: str) -> dict[str, str]:
+    """A rule beyond the table, in the profile's row shape."""
+    return {
+        "tag": tag,
+        "keyword": "",
+        "name": name,
+        "vr": "",
+        "table_action": "",
+        "applied_action": applied,
+        "why": why,
+        "source": "rule",
+    }
+
+
 def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
-    def row(tag: str, name: str, applied: str, why: str) -> dict[str, str]:
-        return {
-            "tag": tag,
-            "keyword": "",
-            "name": name,
-            "vr": "",
-            "table_action": "",
-            "applied_action": applied,
-            "why": why,
-            "source": "rule",
-        }
 
     rows = [
-        row(
+        rule_row(
             "(gggg,eeee) gggg odd",
             "Private attributes (with or without creator)",
             "X",
             "all private groups removed at any depth, also when read as UN from Implicit VR",
         ),
-        row("(50xx,xxxx)", "Curve groups", "X", "whole group removed (descriptions, labels, data)"),
-        row(
+        rule_row("(50xx,xxxx)", "Curve groups", "X", "whole group removed (descriptions, labels, data)"),
+        rule_row(
             "(60xx,xxxx)",
             "Overlay groups",
             "X",
             "whole group removed: an overlay bitmap can draw a name; labels/descriptions are free text",
         ),
-        row(
+        rule_row(
             "(gggg,eeee) unknown",
             "Public attributes unknown to pydicom's dictionary",
             "X",
             "removed (fail closed)",
         ),
-        row("(gggg,eeee) retired", "Retired attributes not listed in the table", "X", "removed (fail closed)"),
-        row("(gggg,0000)", "Group lengths", "X", "removed (retired, recomputed where required)"),
-        row(
+        rule_row("(gggg,eeee) retired", "Retired attributes not listed in the table", "X", "removed (fail closed)"),
+        rule_row("(gggg,0000)", "Group lengths", "X", "removed (retired, recomputed where required)"),
+        rule_row(
             "(gggg,eeee) VR UI",
             "Any UID not in the table",
             "U",
             "replaced at any depth and in every value of a multi-valued UI, unless well-known: in pydicom's "
             "UID dictionary, under the DICOM root 1.2.840.10008, or a *ClassUID / *TransferSyntaxUID value",
         ),
-        row(
+        rule_row(
             "(gggg,eeee) in D sequence",
             "Free text inside a D sequence (e.g. Content Sequence Text Value)",
             "D",
             "dummy value; coded entries (CodeValue, CodeMeaning...) kept so SR structure stays",
         ),
-        row(
+        rule_row(
             "(0040,1101) items",
             "Coded entries inside Person Identification Code Sequence",
             "D",
             "dummy value",
         ),
-        row(
+        rule_row(
             "(0002,xxxx)",
             "File Meta Information",
             "regenerated",
@@ -505,9 +508,9 @@ def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
             "ImplementationClassUID/VersionName; source AE titles and private information dropped; "
             "preamble zeroed",
         ),
-        row("(0012,0062)", "Patient Identity Removed", "set", "YES"),
-        row("(0012,0063)", "De-identification Method", "set", PROFILE_VERSION),
-        row(
+        rule_row("(0012,0062)", "Patient Identity Removed", "set", "YES"),
+        rule_row("(0012,0063)", "De-identification Method", "set", PROFILE_VERSION),
+        rule_row(
             "(0012,0064)",
             "De-identification Method Code Sequence",
             "set",
@@ -516,14 +519,14 @@ def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
             + (" + 113109" if options.retain_device_identity else "")
             + {"remove": "", "shift": " + 113107", "keep": " + 113106"}[options.dates],
         ),
-        row(
+        rule_row(
             "(0028,0303)",
             "Longitudinal Temporal Information Modified",
             "set",
             "REMOVED when a date/time attribute was replaced (dates remove), MODIFIED (dates shift), "
             "UNMODIFIED (dates keep)",
         ),
-        row(
+        rule_row(
             "dates",
             "Dates and times (VR DA, DT, TM), setting deid.dates",
             options.dates,
@@ -534,7 +537,7 @@ def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
             "the source (Full Dates, DCM 113106). Patient's birth date and time are removed under every "
             "choice. The archive's note says which",
         ),
-        row(
+        rule_row(
             "cleaning",
             "A kept value that contains a removed value of the source",
             "D",
@@ -543,7 +546,7 @@ def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
             "again; an enumerated value (ImageType 1-2, Modality, PhotometricInterpretation, ValueType...) "
             "cannot take a dummy: that instance is withheld (identity_in_required_value)",
         ),
-        row(
+        rule_row(
             "coded entries",
             "Code Sequence items (concept names and codes of content items, anatomy, procedures...)",
             "K/D",
@@ -552,19 +555,19 @@ def _beyond_table_rows(options: DeidOptions) -> list[dict[str, str]]:
             "a local or unknown scheme is free text: the dummy inside a D sequence, elsewhere kept only "
             "without a removed value; the verification never excuses it as vocabulary",
         ),
-        row(
+        rule_row(
             "(7FE0,0010) (5400,1010)",
             "Pixel Data, Waveform Data",
             "K",
             "untouched, never decoded: compressed transfer syntaxes pass byte-for-byte",
         ),
-        row(
+        rule_row(
             "burned-in",
             "BurnedInAnnotation=YES, RecognizableVisualFeatures=YES, encapsulated documents",
             options.burned_in_policy,
             "withhold: not written; include: written, cleaned; fail: error",
         ),
-        row(
+        rule_row(
             "verification",
             "Every output file",
             "verify",

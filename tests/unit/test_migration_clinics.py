@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 
+from tests.support.databases import empty_database
+
 ROWS = [  # (clinic_code as stored, pid, accession, status)
     ("f_Khimki", "P1", "A1", "COMPLETED"),
     ("F_KHIMKI", "P1", "A1", "QUEUED"),  # the same study under another spelling: merged, not live twice
@@ -23,21 +25,7 @@ ROWS = [  # (clinic_code as stored, pid, accession, status)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def old_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        url = request.getfixturevalue("pg_database")
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
-    from studypub.db import _engine_for
-    from studypub.settings import get_settings
-
-    _engine_for.cache_clear()
-    monkeypatch.setenv("STUDYPUB_DATABASE__URL", url)
-    get_settings.cache_clear()
-    return url
+    return empty_database(request, tmp_path, monkeypatch, "old.db")
 
 
 def _alembic(target: str) -> None:
