@@ -110,7 +110,7 @@ CROSS_SECTIONAL = frozenset({"CT", "MR", "PT", "NM", "OPT", "OCT"})
 MAX_SAMPLED_FRAMES = 6  # a long cine is read on this many frames spread over it (first and last included)
 UPSCALE_BELOW = 600  # images smaller than this (longest side) are read at twice their size
 MIN_SIDE = 24  # smaller images cannot show readable text
-VERIFY_ROUNDS = 2  # mask, read again, mask what is found: at most this many times
+VERIFY_ROUNDS = 4  # mask, read again, mask what is found: at most this many times (tiny fonts need 3)
 OCR_LANGUAGES = "eng+rus"
 OCR_TIMEOUT_SECONDS = 120.0
 # A word is text when Tesseract is confident enough for its number of letters and digits (at least N, at
