@@ -84,15 +84,18 @@ def issue_pin(session: Session, settings: Settings, task_id: str) -> str:
     return pin
 
 
-def pin_goes_by_sms(task: Task) -> bool:
-    """The PIN travels by the other channel than the link when two are given: the link by email, the PIN by SMS."""
-    return bool(task.patient_email and task.patient_phone)
+def pin_goes_by_sms(settings: Settings, task: Task) -> bool:
+    """The PIN travels by the other channel than the link when two can be used: the link by email, the PIN by
+    SMS. Two contacts with one channel switched off for the clinic (``notify.email_enabled`` /
+    ``sms_enabled``) is one channel: the PIN is then handed over, never sent beside the link or not at all."""
+    both_given = bool(task.patient_email and task.patient_phone)
+    return both_given and settings.notify.email_enabled and settings.notify.sms_enabled
 
 
 def issue_pin_to_hand_over(session: Session, settings: Settings, task: Task) -> str | None:
     """For a new publication whose link asks for a PIN that is not sent by SMS: a PIN to return to the MIS or
     show to the registrator, once. None otherwise (no PIN, or it goes by SMS when the study is ready)."""
-    if task.second_factor != "pin" or pin_goes_by_sms(task):
+    if task.second_factor != "pin" or pin_goes_by_sms(settings, task):
         return None
     return issue_pin(session, settings, task.id)
 

@@ -42,15 +42,15 @@ FINAL = frozenset({MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.FA
 
 
 def planned(settings: Settings, task: Task) -> list[tuple[str, str]]:
-    """(channel, kind) of the messages a publication's event sends: the link by each channel given; with a
-    PIN and both channels, the link by email and the PIN by SMS (the other channel)."""
+    """(channel, kind) of the messages a publication's event sends: the link by each channel given and enabled;
+    with a PIN and both channels, the link by email and the PIN by SMS (the other channel)."""
     from studypub.factor import pin_goes_by_sms
 
     out: list[tuple[str, str]] = []
     if task.patient_email and settings.notify.email_enabled:
         out.append((EMAIL, LINK))
     if task.patient_phone and settings.notify.sms_enabled:
-        out.append((SMS, PIN if task.second_factor == "pin" and pin_goes_by_sms(task) else LINK))
+        out.append((SMS, PIN if task.second_factor == "pin" and pin_goes_by_sms(settings, task) else LINK))
     return out
 
 

@@ -98,3 +98,26 @@ def test_a_clinic_template_folder_replaces_a_built_in_template(tmp_path: object)
     settings = Settings(notify={"template_dir": str(folder)})
     assert compose.sms_link(settings, _facts("ru")) == "Клиника Химки: https://studies.example/s/AbCdEfGhIjKlMnOpQrStUv"
     assert "Здравствуйте" in compose.email(settings, _facts("ru")).text  # the others stay built in
+
+
+@pytest.mark.parametrize(
+    ("enabled", "planned", "pin_handed_over"),
+    [
+        ({}, [("email", "link"), ("sms", "pin")], False),  # two channels: the PIN by the other one
+        ({"sms_enabled": False}, [("email", "link")], True),  # one channel: the PIN to the MIS / registrator
+        ({"email_enabled": False}, [("sms", "link")], True),
+    ],
+)
+def test_the_pin_goes_by_sms_only_when_both_channels_can_be_used(
+    enabled: dict[str, bool], planned: list[tuple[str, str]], pin_handed_over: bool
+) -> None:
+    """Both contacts given but SMS (or email) switched off for the clinic: the PIN is handed over, else it would
+    never reach the patient (or would travel beside the link)."""
+    from studypub.factor import pin_goes_by_sms
+    from studypub.models import Task
+    from studypub.notify.outbox import planned as planned_messages
+
+    settings = Settings(notify=enabled)
+    task = Task(patient_email="p@example.org", patient_phone="+79161234567", second_factor="pin")
+    assert planned_messages(settings, task) == planned
+    assert pin_goes_by_sms(settings, task) is not pin_handed_over
