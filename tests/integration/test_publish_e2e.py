@@ -199,15 +199,17 @@ def test_study_in_orthanc_is_published_to_s3_once(
     code, result, stderr = run_publish(env, study)
     assert code == 0, (result, stderr[-3000:])
     assert result["status"] == "COMPLETED" and result["step"] == "link"
+    keys = bucket_keys(s3_server, s3_bucket)
+    assert keys == [f"published/{result['object_key']}"]
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=keys[0])["Body"].read()
     # The PDF; the burned-in SC is published with its text blacked out (OCR: deid.burned_in_text=mask, issue 11).
-    assert result["withheld"] == 1
+    # The archive's note lists what was withheld and why.
+    note = zipfile.ZipFile(io.BytesIO(body)).read("README.txt").decode("utf-8", "replace")
+    assert result["withheld"] == 1, note
     assert result["instances"] == study.instance_count - 1
     assert result["link"].startswith("https://studies.example.org/s/") and len(result["link"].rsplit("/", 1)[1]) >= 22
     for value in (study.patient_id, study.accession_number):
         assert value not in result["object_key"] and value not in result["link"]
-    keys = bucket_keys(s3_server, s3_bucket)
-    assert keys == [f"published/{result['object_key']}"]
-    body = s3_server.client().get_object(Bucket=s3_bucket, Key=keys[0])["Body"].read()
     assert len(body) == result["size_bytes"]
     check_archive(body, study, expected_instances=result["instances"])
 
