@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
@@ -231,49 +231,37 @@ def _clinic_filter(request: Request, user: User, session: Any, clinic: str | Non
     return (chosen if chosen in names else None), names
 
 
-@router.get("/queue", name="dashboard_queue")
-def queue_page(
+def queue_view(
     request: Request,
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
     status: str | None = None,
     clinic: ClinicParam = None,
-) -> Response:
-    status = status if status in set(TaskStatus) else None
-    chosen, clinic_names = _clinic_filter(request, user, session, clinic)
-    rows = queries.queue_rows(session, status=status, clinic=chosen)
-    session.commit()
-    poll = urlencode({k: v for k, v in {"status": status, "clinic": chosen}.items() if v})
-    return render(
-        request,
-        "queue.html",
-        user=user,
-        rows=_queue_json(settings, rows),
-        status=status,
-        statuses=list(TaskStatus),
-        clinic=chosen,
-        clinic_names=clinic_names,
-        poll=poll,
-    )
-
-
-@router.get("/api/queue", name="dashboard_queue_json")
-def queue_json(
-    request: Request,
-    user: CurrentUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    status: str | None = None,
-    clinic: ClinicParam = None,
-) -> Response:
-    """The queue's rows as data, and as the page's table rows in the user's language (the page swaps them in)."""
+) -> dict[str, Any]:
+    """What the queue page and its poll show: the rows (of one status, of one clinic for a superadmin), and
+    the clinics' names for a superadmin's clinic column."""
     status = status if status in set(TaskStatus) else None
     chosen, clinic_names = _clinic_filter(request, user, session, clinic)
     rows = _queue_json(settings, queries.queue_rows(session, status=status, clinic=chosen))
     session.commit()
-    html = render_fragment(request, "_queue_rows.html", user=user, rows=rows, clinic_names=clinic_names)
-    return secure_headers(JSONResponse({"rows": rows, "html": html}))
+    return {"rows": rows, "status": status, "clinic": chosen, "clinic_names": clinic_names}
+
+
+QueueView = Annotated[dict[str, Any], Depends(queue_view)]
+
+
+@router.get("/queue", name="dashboard_queue")
+def queue_page(request: Request, user: CurrentUser, view: QueueView) -> Response:
+    poll = urlencode({k: v for k in ("status", "clinic") if (v := view[k])})
+    return render(request, "queue.html", user=user, statuses=list(TaskStatus), poll=poll, **view)
+
+
+@router.get("/api/queue", name="dashboard_queue_json")
+def queue_json(request: Request, user: CurrentUser, view: QueueView) -> Response:
+    """The queue's rows as data, and as the page's table rows in the user's language (the page swaps them in)."""
+    html = render_fragment(request, "_queue_rows.html", user=user, **view)
+    return secure_headers(JSONResponse({"rows": view["rows"], "html": html}))
 
 
 # Manual publication ----------------------------------------------------------------------------------------------
