@@ -238,6 +238,9 @@ def _raise_wall(session: Session, connection: Connection) -> None:
 
 
 def _on_begin(session: Session, _transaction: Any, connection: Connection) -> None:
+    scope = scope_of(session)
+    if scope is not None and scope.every_clinic:
+        return  # a transaction starts as the owner (SET LOCAL ends with the last one): nothing to lower
     _raise_wall(session, connection)
 
 

@@ -171,7 +171,7 @@ def test_ready_checks_every_clinics_pacs_and_answers_while_one_hangs(
         assert httpx.get(f"{api.base_url}/ready", timeout=30).status_code == 200
         return started, time.perf_counter()
 
-    checking, meanwhile = [], []
+    checking, meanwhile, idle = [], [], []  # idle: the same requests while no check runs (the last answer fresh)
     try:
         _clinic("f_closed", silent.getsockname()[1])
 
@@ -192,10 +192,12 @@ def test_ready_checks_every_clinics_pacs_and_answers_while_one_hangs(
                 assert all(end < check[1] - 1.0 for _start, end in spans[:-1]), spans  # the others did not
                 checking.append(check[1] - check[0])
                 meanwhile += [end - start for start, end in spans[:-1]]
+                idle += [end - start for start, end in (f.result() for f in [pool.submit(timed) for _ in range(6)])]
     finally:
         silent.close()
     print(
         f"/ready during a check of a silent PACS: median {statistics.median(meanwhile) * 1000:.0f} ms "
         f"(max {max(meanwhile) * 1000:.0f} ms, {len(meanwhile)} requests); the request running the check "
-        f"{statistics.median(checking):.1f} s"
+        f"{statistics.median(checking):.1f} s; with no check running: median "
+        f"{statistics.median(idle) * 1000:.0f} ms"
     )
