@@ -253,21 +253,32 @@ def _rewall(session: Session) -> None:
 def ensure_tenant_role(connection: Connection) -> None:
     """The role of clinics' transactions exists, the app's role may take it, and it may use every table (the
     policies decide which rows). Idempotent: run by migration 0009 and at every start (a restore into another
-    server brings the policies, not roles or grants)."""
+    server brings the policies, not roles or grants). A database user that may not create or take the role gets
+    a warning and no second wall (``_has_wall`` is false): the ORM's wall still stands, the service still runs."""
     connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7242014)")  # several processes start at once
     connection.exec_driver_sql(
         f"""
         DO $$ BEGIN
             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{TENANT_ROLE}') THEN
-                CREATE ROLE {TENANT_ROLE} NOLOGIN NOSUPERUSER NOBYPASSRLS;
+                BEGIN
+                    CREATE ROLE {TENANT_ROLE} NOLOGIN;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    RAISE WARNING 'studypub: the database user may not create roles: no row-level security';
+                    RETURN;
+                END;
             END IF;
             IF NOT pg_has_role(current_user, '{TENANT_ROLE}', 'MEMBER') THEN
-                EXECUTE 'GRANT {TENANT_ROLE} TO ' || quote_ident(current_user);
+                BEGIN
+                    EXECUTE 'GRANT {TENANT_ROLE} TO ' || quote_ident(current_user);
+                EXCEPTION WHEN insufficient_privilege THEN
+                    RAISE WARNING 'studypub: the database user may not take the tenant role: no row-level security';
+                    RETURN;
+                END;
             END IF;
+            GRANT USAGE ON SCHEMA public TO {TENANT_ROLE};
+            GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {TENANT_ROLE};
+            GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {TENANT_ROLE};
         END $$;
-        GRANT USAGE ON SCHEMA public TO {TENANT_ROLE};
-        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {TENANT_ROLE};
-        GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {TENANT_ROLE};
         """  # noqa: S608 - constants only
     )
 
