@@ -126,9 +126,7 @@ def get_superadmin(user: CurrentUser) -> User:
 SuperAdmin = Annotated[User, Depends(get_superadmin)]
 
 
-def get_user_clinic(
-    request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
-) -> ClinicContext:
+def get_user_clinic(request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> ClinicContext:
     """The signed-in user's clinic and its effective settings (environment, clinic, dashboard overrides),
     resolved once per request (with the user)."""
     clinic: ClinicContext | None = getattr(request.state, "clinic", None)

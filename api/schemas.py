@@ -186,8 +186,7 @@ class Publication(BaseModel):
     reason: str | None = Field(
         None,
         description=(
-            "In words: why it failed, what it waits for and since when, or its place in the queue "
-            '("queued, 3 ahead").'
+            'In words: why it failed, what it waits for and since when, or its place in the queue ("queued, 3 ahead").'
         ),
     )
     second_factor: Literal["pin", "birth_date"] | None = Field(

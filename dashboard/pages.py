@@ -11,8 +11,9 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from types import SimpleNamespace
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
@@ -37,7 +38,7 @@ from dashboard.render import (
     zone,
 )
 from studypub.apikeys import create_key, list_keys, revoke_key
-from studypub.clinics import clinic_context
+from studypub.clinics import clinic_context, display_name, list_clinics, normalise_code
 from studypub.errors import Conflict, Forbidden, StudyPubError, TransientError, ValidationError
 from studypub.factor import issue_pin_to_hand_over
 from studypub.i18n import LOCALES, N_
@@ -197,6 +198,7 @@ def _queue_json(settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str
     return [
         {
             "task_id": r["id"],
+            "clinic": r["clinic_code"],
             "pid": r["patient_id"],
             "acsn": r["accession_number"],
             "status": r["status"],
@@ -214,28 +216,52 @@ def _queue_json(settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str
     ]
 
 
-@router.get("/queue", name="dashboard_queue")
-def queue_page(
-    request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep, status: str | None = None
-) -> Response:
+ClinicParam = Annotated[str | None, Query(max_length=64)]
+
+
+def _clinic_filter(request: Request, user: User, session: Any, clinic: str | None) -> tuple[str | None, dict[str, str]]:
+    """A superadmin's lists name each row's clinic and may show one clinic: the chosen clinic (a known code,
+    else none) and every clinic's name in the page's language. A clinic's users have neither (their session
+    shows their clinic only)."""
+    if user.role != Role.SUPERADMIN:
+        return None, {}
+    locale = translator_for(request).locale
+    names = {c.code: display_name(c, locale) for c in list_clinics(session)}
+    chosen = normalise_code(clinic)
+    return (chosen if chosen in names else None), names
+
+
+def queue_view(
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    status: str | None = None,
+    clinic: ClinicParam = None,
+) -> dict[str, Any]:
+    """What the queue page and its poll show: the rows (of one status, of one clinic for a superadmin), and
+    the clinics' names for a superadmin's clinic column."""
     status = status if status in set(TaskStatus) else None
-    rows = queries.queue_rows(session, status=status)
+    chosen, clinic_names = _clinic_filter(request, user, session, clinic)
+    rows = _queue_json(settings, queries.queue_rows(session, status=status, clinic=chosen))
     session.commit()
-    return render(
-        request, "queue.html", user=user, rows=_queue_json(settings, rows), status=status, statuses=list(TaskStatus)
-    )
+    return {"rows": rows, "status": status, "clinic": chosen, "clinic_names": clinic_names}
+
+
+QueueView = Annotated[dict[str, Any], Depends(queue_view)]
+
+
+@router.get("/queue", name="dashboard_queue")
+def queue_page(request: Request, user: CurrentUser, view: QueueView) -> Response:
+    poll = urlencode({k: v for k in ("status", "clinic") if (v := view[k])})
+    return render(request, "queue.html", user=user, statuses=list(TaskStatus), poll=poll, **view)
 
 
 @router.get("/api/queue", name="dashboard_queue_json")
-def queue_json(
-    request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep, status: str | None = None
-) -> Response:
+def queue_json(request: Request, user: CurrentUser, view: QueueView) -> Response:
     """The queue's rows as data, and as the page's table rows in the user's language (the page swaps them in)."""
-    status = status if status in set(TaskStatus) else None
-    rows = _queue_json(settings, queries.queue_rows(session, status=status))
-    session.commit()
-    html = render_fragment(request, "_queue_rows.html", user=user, rows=rows)
-    return secure_headers(JSONResponse({"rows": rows, "html": html}))
+    html = render_fragment(request, "_queue_rows.html", user=user, **view)
+    return secure_headers(JSONResponse({"rows": view["rows"], "html": html}))
 
 
 # Manual publication ----------------------------------------------------------------------------------------------
@@ -580,8 +606,11 @@ def published_page(
     sort: str = "upload_date",
     order: str = "desc",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    clinic: ClinicParam = None,
 ) -> Response:
+    chosen, clinic_names = _clinic_filter(request, user, session, clinic)
     flt = queries.PublishedFilter(
+        clinic=chosen,
         pid=(pid or "").strip() or None,
         acsn=(acsn or "").strip() or None,
         status=status if status in {s.value for s in queries.PUBLISHED_STATUSES} else None,
@@ -604,6 +633,7 @@ def published_page(
         for k, v in {
             "pid": flt.pid,
             "acsn": flt.acsn,
+            "clinic": flt.clinic,
             "status": status if flt.status else "all",
             "upload_from": upload_from,
             "upload_to": upload_to,
@@ -625,6 +655,7 @@ def published_page(
         params=params,
         active=sum(1 for name in params if name != "status") + (flt.status != TaskStatus.COMPLETED.value),
         sorts=SORT_NAMES,
+        clinic_names=clinic_names,
         published_statuses=[s.value for s in queries.PUBLISHED_STATUSES],
     )
 

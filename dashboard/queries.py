@@ -15,11 +15,15 @@ from studypub.models import AuditEvent, PublishedStudy, Task, TaskStatus
 QUEUE_LIMIT = 200
 
 
-def queue_rows(session: Session, *, status: str | None = None, limit: int = QUEUE_LIMIT) -> list[dict[str, Any]]:
-    """The latest publications, newest first, with their progress (what the queue page shows and polls)."""
+def queue_rows(
+    session: Session, *, status: str | None = None, clinic: str | None = None, limit: int = QUEUE_LIMIT
+) -> list[dict[str, Any]]:
+    """The latest publications, newest first, with their progress (what the queue page shows and polls);
+    ``clinic`` narrows a superadmin's queue to one clinic (a clinic's session sees only its own anyway)."""
     query = (
         select(
             Task.id,
+            Task.clinic_code,
             Task.patient_id,
             Task.accession_number,
             Task.status,
@@ -42,6 +46,8 @@ def queue_rows(session: Session, *, status: str | None = None, limit: int = QUEU
     )
     if status:
         query = query.where(Task.status == status)
+    if clinic:
+        query = query.where(Task.clinic_code == clinic)
     return [dict(row._mapping) for row in session.execute(query)]
 
 
@@ -68,6 +74,7 @@ class PublishedFilter:
     pid: str | None = None
     acsn: str | None = None
     status: str | None = TaskStatus.COMPLETED  # None: all published, including expired and deleted
+    clinic: str | None = None  # one clinic (a superadmin's filter)
     upload_from: date | None = None
     upload_to: date | None = None
     study_from: date | None = None
@@ -86,6 +93,8 @@ class PublishedFilter:
             where.append(Task.patient_id == self.pid)
         if self.acsn:
             where.append(Task.accession_number == self.acsn)
+        if self.clinic:
+            where.append(Task.clinic_code == self.clinic)
         if self.status:
             where.append(Task.status == self.status)
         else:
@@ -121,6 +130,7 @@ def _published_query(flt: PublishedFilter) -> Select[Any]:
             Task.patient_id,
             Task.accession_number,
             Task.emk_record_id,
+            Task.clinic_code,
             Task.service_title,
             Task.study_date,
             Task.save_till,

@@ -89,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--username", required=True)
     u.add_argument("--role", choices=["administrator", "registrator", "superadmin"], default="registrator")
     u.add_argument("--clinic", help="the user's clinic code (default: STUDYPUB_DEFAULT_CLINIC_CODE)")
-    u.add_argument(
-        "--password-stdin", action="store_true", help="read the password from standard input (for scripts)"
-    )
+    u.add_argument("--password-stdin", action="store_true", help="read the password from standard input (for scripts)")
     b = sub.add_parser("backup", help="dump the app's database (and Prefect's) into a folder, keeping the newest N")
     b.add_argument("--out", required=True, type=Path, help="folder for the dump files")
     b.add_argument("--keep", type=int, default=48, help="dumps kept per database (default 48: two days hourly)")

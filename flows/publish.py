@@ -298,6 +298,8 @@ def _log_failed(task: Any) -> None:
             error_code=task.error_code,
         ),
     )
+
+
 def _notify(task_id: str) -> None:
     """The patient's messages were queued with the completion: a first attempt now. Never fails the
     publication (the ``notify`` deployment tries again)."""

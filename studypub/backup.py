@@ -89,6 +89,7 @@ def restore(dump_file: Path, database_url: str) -> None:
             "--clean",
             "--if-exists",
             "--no-owner",
+            "--no-privileges",  # grants name roles another server may not have; migrate() grants again
             "--exit-on-error",
             *args,
             "-d",

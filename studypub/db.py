@@ -146,6 +146,12 @@ def migrate(settings: Settings | None = None) -> None:
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, "head")
     from studypub.clinics import ensure_default_clinic
+    from studypub.tenancy import ensure_tenant_role
+
+    engine = get_engine(s)
+    if engine.dialect.name == "postgresql":  # the wall's role and grants (a restore brings neither)
+        with engine.begin() as conn:
+            ensure_tenant_role(conn)
 
     with get_sessionmaker(s)() as session:  # an instance that never configured clinics has its default one
         ensure_default_clinic(session, s)

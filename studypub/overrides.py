@@ -48,7 +48,6 @@ CLINIC_OVERRIDABLE: tuple[str, ...] = (
 CACHE_SECONDS = 5.0
 
 
-
 def current_values(settings: Settings, names: tuple[str, ...] = OVERRIDABLE) -> dict[str, Any]:
     return {name: getattr(getattr(settings, name.split(".")[0]), name.split(".")[1]) for name in names}
 

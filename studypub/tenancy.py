@@ -16,6 +16,14 @@ scope (``api.deps``). From then on:
 Entering the system scope is explicit (:func:`system`), and leaving it empties the session's identity map, so
 nothing loaded outside the scope (the caller's key or user row) can be reached through ``session.get`` later.
 This works the same on SQLite and PostgreSQL (it is the ORM's statement, not the database, that is filtered).
+
+On PostgreSQL a second wall stands behind the first (migration 0009): row-level security on every clinic's
+table, with a policy that lets a row through only when its clinic is in the transaction's ``studypub.clinics``
+setting. A session confined to clinics runs each transaction as the role ``studypub_tenant`` with that setting
+(:func:`_raise_wall`: ``SET LOCAL``, at the transaction's start and whenever the scope changes), so SQL that
+escapes the ORM's filter (``session.connection().execute(text(...))``) still sees and changes only its clinics'
+rows; a session with no scope yet sees none. The system and a superadmin run as the database's owner, which
+the policies do not restrict (that is the bypass), and so do migrations, backups and restores.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, and_, event, select
+from sqlalchemy import Connection, Engine, and_, event, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
 from sqlalchemy.sql.elements import TextClause
@@ -35,6 +43,8 @@ from studypub.errors import StudyPubError
 from studypub.models import Base, Clinic, OutboxMessage, Task, TaskStep, User, ViewerIndex
 
 KEY = "studypub.scope"
+TENANT_ROLE = "studypub_tenant"  # PostgreSQL: the role of a clinic's transactions (row-level security applies)
+CLINICS_SETTING = "studypub.clinics"  # ... and the clinics its rows may belong to, comma-separated
 SUPERADMIN_ROLE = "superadmin"  # studypub.users.Role.SUPERADMIN (users imports publications, which imports us)
 
 
@@ -142,6 +152,7 @@ def scope_clinic(session: Session) -> str | None:
 def enter(session: Session, scope: Scope) -> None:
     """Give the session its scope (once the caller is known)."""
     session.info[KEY] = scope
+    _rewall(session)
 
 
 @contextmanager
@@ -150,6 +161,7 @@ def system(session: Session) -> Iterator[Session]:
     session is back in its scope and holds no object loaded meanwhile."""
     before = session.info.get(KEY)
     session.info[KEY] = SYSTEM
+    _rewall(session)
     try:
         yield session
     finally:
@@ -159,6 +171,7 @@ def system(session: Session) -> Iterator[Session]:
             session.info.pop(KEY, None)
         else:
             session.info[KEY] = before
+        _rewall(session)
 
 
 def _on_execute(state: ORMExecuteState) -> None:
@@ -189,10 +202,92 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
             raise TenancyError(f"a change to a row of another clinic ({type(obj).__name__})")
 
 
+# The database's wall (PostgreSQL) ------------------------------------------------------------------------------
+
+_walled_databases: set[str] = set()  # databases (by URL) whose clinic tables have row-level security
+
+
+def _has_wall(connection: Connection) -> bool:
+    """Whether this PostgreSQL database has the policies (migration 0009); remembered once true."""
+    key = connection.engine.url.render_as_string(hide_password=True)
+    if key in _walled_databases:
+        return True
+    found = connection.exec_driver_sql(
+        f"SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{TENANT_ROLE}') "  # noqa: S608 - constants
+        f"THEN pg_has_role('{TENANT_ROLE}', 'MEMBER') AND coalesce((SELECT relrowsecurity FROM pg_class "
+        "WHERE oid = to_regclass('tasks')), false) ELSE false END"
+    ).scalar()
+    if found:
+        _walled_databases.add(key)
+    return bool(found)
+
+
+def _raise_wall(session: Session, connection: Connection) -> None:
+    """Set the transaction's role and clinics for the session's scope (PostgreSQL with the wall only)."""
+    if connection.dialect.name != "postgresql" or not _has_wall(connection):
+        return
+    scope = scope_of(session)
+    if scope is not None and scope.every_clinic:  # the system, a superadmin: the owner, whom no policy limits
+        connection.exec_driver_sql("RESET ROLE")
+        return
+    clinics = ",".join(sorted(scope.clinics or ())) if scope is not None else ""  # no scope yet: no clinic
+    connection.exec_driver_sql(
+        f"SELECT set_config('role', '{TENANT_ROLE}', true), set_config('{CLINICS_SETTING}', %(clinics)s, true)",
+        {"clinics": clinics},
+    )
+
+
+def _on_begin(session: Session, _transaction: Any, connection: Connection) -> None:
+    scope = scope_of(session)
+    if scope is not None and scope.every_clinic:
+        return  # a transaction starts as the owner (SET LOCAL ends with the last one): nothing to lower
+    _raise_wall(session, connection)
+
+
+def _rewall(session: Session) -> None:
+    """The scope changed inside a transaction: its wall follows."""
+    if session.in_transaction() and session.get_bind().dialect.name == "postgresql":
+        _raise_wall(session, session.connection())
+
+
+def ensure_tenant_role(connection: Connection) -> None:
+    """The role of clinics' transactions exists, the app's role may take it, and it may use every table (the
+    policies decide which rows). Idempotent: run by migration 0009 and at every start (a restore into another
+    server brings the policies, not roles or grants). A database user that may not create or take the role gets
+    a warning and no second wall (``_has_wall`` is false): the ORM's wall still stands, the service still runs."""
+    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7242014)")  # several processes start at once
+    connection.exec_driver_sql(
+        f"""
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{TENANT_ROLE}') THEN
+                BEGIN
+                    CREATE ROLE {TENANT_ROLE} NOLOGIN;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    RAISE WARNING 'studypub: the database user may not create roles: no row-level security';
+                    RETURN;
+                END;
+            END IF;
+            IF NOT pg_has_role(current_user, '{TENANT_ROLE}', 'MEMBER') THEN
+                BEGIN
+                    EXECUTE 'GRANT {TENANT_ROLE} TO ' || quote_ident(current_user);
+                EXCEPTION WHEN insufficient_privilege THEN
+                    RAISE WARNING 'studypub: the database user may not take the tenant role: no row-level security';
+                    RETURN;
+                END;
+            END IF;
+            GRANT USAGE ON SCHEMA public TO {TENANT_ROLE};
+            GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {TENANT_ROLE};
+            GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {TENANT_ROLE};
+        END $$;
+        """  # noqa: S608 - constants only
+    )
+
+
 def guard(factory: sessionmaker[Session]) -> sessionmaker[Session]:
-    """Install the scope's filter and checks on every session of ``factory``."""
+    """Install the scope's filter and checks on every session of ``factory``, and the database's wall."""
     event.listen(factory, "do_orm_execute", _on_execute)
     event.listen(factory, "before_flush", _before_flush)
+    event.listen(factory, "after_begin", _on_begin)
     return factory
 
 

@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from studypub.clinics import clinic_context
-from studypub.readiness import readiness
+from studypub.clinics import normalise_code
+from studypub.readiness import clinics_pacs, readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -25,8 +25,13 @@ def health() -> dict[str, str]:
 
 @router.get(
     "/ready",
-    summary="Readiness: database, Prefect API, storage and PACS, each reported",
-    responses={503: {"description": "At least one dependency is down; each one's state is in the body."}},
+    summary="Readiness: database, Prefect API, storage and each clinic's PACS, each reported",
+    responses={
+        503: {
+            "description": "At least one dependency is down (the PACS: no clinic's answers); each one's state is "
+            "in the body, each clinic's PACS under checks.pacs.clinics."
+        }
+    },
 )
 def ready(request: Request) -> JSONResponse:
     state = request.app.state
@@ -37,12 +42,12 @@ def ready(request: Request) -> JSONResponse:
     if not fresh and _lock.acquire(blocking=cached is None):
         try:
             settings = state.settings
-            try:
-                with state.system_sessions() as session:  # the default clinic's PACS, as its dashboard set it
-                    settings = clinic_context(session, settings, settings.default_clinic_code).settings
-            except Exception:  # noqa: S110 - the database check below reports it
-                pass
-            checks = readiness(settings)
+            # Every enabled clinic's PACS as set in the database; while the database cannot say, the last ones
+            # read (at first, the environment's PACS as the default clinic's).
+            known = getattr(state, "ready_clinics", None) or {normalise_code(settings.default_clinic_code): settings}
+            checks, state.ready_clinics = readiness(
+                settings, lambda: clinics_pacs(state.system_sessions, settings), known
+            )
             body = {
                 "status": "ready" if all(c.ok for c in checks.values()) else "not ready",
                 "checks": {name: check.as_dict() for name, check in checks.items()},

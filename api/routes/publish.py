@@ -40,9 +40,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _view(
-    request: Request, session: Any, settings: Settings, task: Task, *, with_queue: bool = False
-) -> Publication:
+def _view(request: Request, session: Any, settings: Settings, task: Task, *, with_queue: bool = False) -> Publication:
     view = result_view(session, settings, task, with_queue=with_queue)
     view.pop("object_key", None)
     view["status_url"] = str(request.url_for("get_publication", task_id=task.id))

@@ -180,8 +180,18 @@ BURNED_IN_TEXT_POLICIES = Labels(
     },
 )
 
-# Settings chosen from a list: the setting -> the names of its choices.
+RETRIEVE_METHODS = Labels(
+    "retrieve_method",
+    {
+        "move": pN_("retrieve_method", "C-MOVE: the PACS sends the images to our DICOM port"),
+        "get": pN_("retrieve_method", "C-GET: we fetch the images (no inbound port)"),
+    },
+)
+
+# Settings chosen from a list: the setting -> the names of its choices (a test checks them against the settings'
+# own Literal types). The Settings and Clinics screens show them through one macro (_macros.setting_field).
 CHOICES = {
+    "pacs.retrieve_method": RETRIEVE_METHODS,
     "deid.burned_in_policy": BURNED_IN_POLICIES,
     "deid.burned_in_text": BURNED_IN_TEXT_POLICIES,
     "deid.dates": DATES_POLICIES,

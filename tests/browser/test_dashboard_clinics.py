@@ -1,6 +1,7 @@
 """Two clinics in headless Chromium: a registrator of each clinic signs in and sees only its own clinic's
-queue and published list (the page's own polling included); the superadmin sees both and the Clinics screen,
-which fits a phone without sideways scrolling."""
+queue and published list (the page's own polling included), with no clinic column or filter; the superadmin
+sees both, each row's clinic, and narrows the queue and the published list to one clinic, on a phone
+(390x844, no sideways scrolling) in each of the five languages; the Clinics screen fits a phone too."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def test_each_clinics_registrator_sees_only_its_own_queue(
         assert f"QUEUE-{mine}" in queue and f"DONE-{mine}" in queue
         assert f"QUEUE-{theirs}" not in queue and f"DONE-{theirs}" not in queue
         assert page.locator("nav.main a", has_text="Clinics").count() == 0
+        assert page.locator("[data-col=clinic], select[name=clinic]").count() == 0  # one clinic: no such column
         shoot(page, f"clinics-queue-{mine}-desktop")
         page.goto(f"{base}/dashboard/published")
         listed = page.locator("main").inner_text()
@@ -58,4 +60,31 @@ def test_each_clinics_registrator_sees_only_its_own_queue(
     assert page.locator("tr[data-clinic=f_other]").count() == 1
     no_sideways_scroll(page)
     shoot(page, "clinics-phone")
+
+    for lang in ("en", "ru", "de", "es", "fr"):
+        page.goto(f"{base}/dashboard/queue?lang={lang}")
+        cells = page.locator("#queue td[data-col=clinic]")
+        assert sorted(cells.evaluate_all("cells => cells.map(c => c.dataset.clinic)")) == sorted(
+            ["f_khimki", "f_khimki", "f_other", "f_other"]
+        )
+        assert all(cell.is_visible() for cell in cells.all())  # on the cards too, with its label
+        page.select_option("select[name=clinic]", "f_other")  # the list reloads with one clinic
+        page.wait_for_url("**clinic=f_other**")
+        page.wait_for_timeout(3500)  # the page's own poll keeps the filter
+        shown = page.locator("main").inner_text()
+        assert all(pid in shown for pid in pids["f_other"].values()), lang
+        assert not any(pid in shown for pid in pids["f_khimki"].values()), lang
+        no_sideways_scroll(page)
+        shoot(page, f"clinics-queue-filtered-{lang}-phone")
+
+        page.goto(f"{base}/dashboard/published")
+        page.click("details.filters-panel summary")  # the filters fold into a panel on a phone
+        page.select_option("#filters select[name=clinic]", "f_khimki")
+        page.click("#filters button[type=submit]")
+        page.wait_for_url("**clinic=f_khimki**")
+        rows = page.locator("#published tbody tr[data-task]")
+        assert rows.count() == 1 and "DONE-f_khimki" in rows.inner_text(), lang
+        assert rows.locator("td[data-col=clinic]").get_attribute("data-clinic") == "f_khimki"
+        no_sideways_scroll(page)
+        shoot(page, f"clinics-published-filtered-{lang}-phone")
     context.close()

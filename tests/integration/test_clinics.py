@@ -247,3 +247,79 @@ def test_a_clinics_administrator_works_on_its_own_publications(two_clinics: Any)
         assert b.post(f"/dashboard/api-keys/key-{A}/revoke").status_code == 303
         assert b.post("/dashboard/settings", {"links.default_retention_days": "11"}).status_code == 200
         assert b.get(f"/dashboard/audit?task_id={mine['done_id']}").status_code == 200
+
+
+def _queue_pids(html: str) -> set[str]:
+    return set(re.findall(r'class="id">((?:PID|PDONE)-[\w-]+)<', html))
+
+
+def test_the_superadmin_sees_each_rows_clinic_and_filters_by_it(two_clinics: Any) -> None:
+    """The queue, its polled rows and the published list name each row's clinic for a superadmin and show one
+    clinic on request; a clinic's users see no clinic column and no filter (their session shows their own)."""
+    api, _objects = two_clinics
+    everything = {f"PID-{A}", f"PDONE-{A}", f"PID-{B}", f"PDONE-{B}"}
+    with Browser(api.base_url) as b:
+        b.login("root")
+        queue = b.get("/dashboard/queue").text
+        assert '<th data-col="clinic">' in queue and '<select name="clinic" data-autosubmit>' in queue
+        assert set(re.findall(r'data-clinic="([\w-]+)"', queue)) == {A, B}
+        assert everything <= _queue_pids(queue)
+        one = b.get("/dashboard/queue", params={"clinic": " F_Other", "status": "FAILED"}).text  # any spelling
+        assert _queue_pids(one) == {f"PID-{B}"} and set(re.findall(r'data-clinic="([\w-]+)"', one)) == {B}
+        assert f'data-poll="/dashboard/api/queue?status=FAILED&amp;clinic={B}"' in one  # the page polls the same
+        assert re.search(rf'<option value="{B}" selected>', one)
+        polled = b.get("/dashboard/api/queue", params={"clinic": B}).json()
+        assert {r["clinic"] for r in polled["rows"]} == {B}
+        assert _queue_pids(polled["html"]) == {f"PID-{B}", f"PDONE-{B}"}
+        assert 'data-col="clinic"' in polled["html"]
+        unknown = b.get("/dashboard/queue", params={"clinic": "nowhere"}).text  # not a clinic: no filter
+        assert everything <= _queue_pids(unknown)
+        published = b.get("/dashboard/published", params={"clinic": A}).text
+        assert '<th data-col="clinic">' in published and set(re.findall(r'data-clinic="([\w-]+)"', published)) == {A}
+        assert f"PDONE-{A}" in published and f"PDONE-{B}" not in published
+        assert "1 active" in published  # the clinic counts as a filter
+        assert f"clinic={A}" in published  # kept by the sort links and pages
+    for user in (f"reg-{A}", f"admin-{A}"):
+        with Browser(api.base_url) as b:
+            b.login(user)
+            for path in ("/dashboard/queue", "/dashboard/published"):
+                page = b.get(path, params={"clinic": B, "status": "all"} if "published" in path else {"clinic": B})
+                assert page.status_code == 200
+                assert 'data-col="clinic"' not in page.text and 'name="clinic"' not in page.text
+                assert f"PDONE-{A}" in page.text and f"-{B}" not in page.text  # the parameter is no way in
+            polled = b.get("/dashboard/api/queue", params={"clinic": B}).json()
+            assert {r["clinic"] for r in polled["rows"]} == {A} and 'data-col="clinic"' not in polled["html"]
+
+
+def test_the_clinics_screen_shows_choices_in_words(two_clinics: Any) -> None:
+    """A clinic's settings with choices (burned-in images, dates, retrieval, yes/no) are lists of named choices,
+    as on the Settings screen, in the page's language; the saved choice is selected, the default is named."""
+    api, _objects = two_clinics
+    with Browser(api.base_url) as b:
+        b.login("root")
+        form = {"name": "Other", "deid.burned_in_policy": "include", "pacs.retrieve_method": "get"}
+        assert b.post(f"/dashboard/clinics/{B}", form).status_code == 303
+        for lang, default, chosen in (
+            ("en", "default: leave them out of the archive", "include them"),
+            ("ru", "по умолчанию", None),
+            ("de", None, None),
+            ("es", None, None),
+            ("fr", None, None),
+        ):
+            page = b.get("/dashboard/clinics", params={"lang": lang}).text
+            row = page[page.index(f'data-clinic="{B}"') :]
+            policy = re.search(r'<select name="deid.burned_in_policy">(.*?)</select>', row, re.S)
+            assert policy, lang
+            options = re.findall(r'<option value="(\w*)"( selected)?>([^<]*)</option>', policy.group(1))
+            assert [v for v, _s, _t in options] == ["", "withhold", "include", "fail"]
+            assert [v for v, s, _t in options if s] == ["include"]
+            texts = [text for _v, _s, text in options]
+            assert not {"withhold", "include", "fail"} & set(texts)  # words, not codes
+            if default:
+                assert texts[0].startswith(default), texts
+            if chosen:
+                assert texts[2] == chosen
+            method = re.search(r'<select name="pacs.retrieve_method">(.*?)</select>', row, re.S)
+            assert method and re.search(r'<option value="get" selected>C-GET', method.group(1)), lang
+            assert re.search(r'<select name="notify.renotify_on_extend">', row)  # yes/no as a choice too
+            assert 'placeholder="withhold"' not in page and 'placeholder="move"' not in page

@@ -16,6 +16,7 @@ from studypub.i18n import LOCALES, N_
 from studypub.i18n.catalogs import extract, problems
 from studypub.i18n.labels import (
     BURNED_IN_POLICIES,
+    CHOICES,
     DEVICES,
     MODALITIES,
     ROLES,
@@ -196,14 +197,14 @@ def test_the_raise_check_finds_a_bare_message() -> None:
 
 
 def test_every_code_of_the_domain_has_a_name() -> None:
-    from typing import get_args
+    from typing import Literal, get_args, get_origin
 
     from dashboard.audit import ACTIONS, LINK_STATES
     from studypub.deid import pixels
     from studypub.links import LinkState
     from studypub.models import Step, TaskStatus
     from studypub.overrides import CLINIC_OVERRIDABLE
-    from studypub.settings import DeidSettings
+    from studypub.settings import DeidSettings, Settings
     from studypub.users import Role
 
     assert {s.value for s in Step} <= set(STEPS.names)
@@ -212,6 +213,11 @@ def test_every_code_of_the_domain_has_a_name() -> None:
     assert {"mis", "manual", "cli"} == set(SOURCES.names)
     assert set(get_args(DeidSettings.model_fields["burned_in_policy"].annotation)) == set(BURNED_IN_POLICIES.names)
     assert set(CLINIC_OVERRIDABLE) == set(SETTINGS.names)
+    for name in CLINIC_OVERRIDABLE:  # a setting with choices is shown by their names, every choice named
+        section, field = name.split(".")
+        annotation = Settings.model_fields[section].annotation.model_fields[field].annotation  # type: ignore[union-attr]
+        if get_origin(annotation) is Literal:
+            assert name in CHOICES and set(get_args(annotation)) == set(CHOICES[name].names), name
     assert set(pixels.PIXEL_DATA_REASONS) | {"burned_in_annotation", "encapsulated_document"} <= set(WITHHELD.names)
     assert {"mobile", "desktop", "bot", "other"} == set(DEVICES.names)
     assert {s.value for s in LinkState} - {"unknown"} == set(LINK_STATES.names)

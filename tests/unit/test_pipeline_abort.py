@@ -81,5 +81,3 @@ def test_a_failure_the_api_shows_late_still_stops_the_other_steps(tmp_path: Path
     assert not runner.is_alive(), "the pipeline waited forever for a step whose input never comes"
     assert isinstance(outcome.get("raised"), RuntimeError)
     assert getattr(outcome["raised"], "failed_step", None) == Step.ANONYMISE.value
-
-

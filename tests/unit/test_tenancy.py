@@ -145,3 +145,33 @@ def test_every_table_is_a_clinics_or_says_why_not() -> None:
         assert (
             "clinic_code" in table.c or name in {"clinics", "task_steps", "outbox", "viewer_indexes"} | SHARED_TABLES
         ), name
+
+
+def test_postgresql_row_level_security_is_a_second_wall(db_url: str) -> None:
+    """SQL that escapes the ORM's filter (through the session's own connection) still sees and changes only the
+    session's clinic's rows on PostgreSQL (migration 0009); the system scope sees every clinic's."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("row-level security is PostgreSQL's (SQLite has the ORM's wall only)")
+    seeded = _two_clinics()
+    a, b = seeded["a"], seeded["b"]
+    raw = "SELECT id FROM tasks"
+    with _session(clinics_scope({"f_khimki"})) as session:
+        connection = session.connection()  # the filter never sees what runs here
+        assert set(connection.execute(text(raw)).scalars()) == {a.task_id}
+        for table in ("published_studies", "manual_requests", "audit_events", "api_keys", "settings", "outbox"):
+            assert "f_other" not in set(connection.execute(text(f"SELECT clinic_code FROM {table}")).scalars())
+        assert set(connection.execute(text("SELECT username FROM users")).scalars()) == {"reg-a"}
+        assert set(connection.execute(text("SELECT code FROM clinics")).scalars()) == {"f_khimki"}
+        assert set(connection.execute(text("SELECT DISTINCT task_id FROM task_steps")).scalars()) <= {a.task_id}
+        changed = connection.execute(text("UPDATE tasks SET service_title = 'x' WHERE id = :id"), {"id": b.task_id})
+        assert changed.rowcount == 0
+        with pytest.raises(Exception, match="row-level security"):  # a row for another clinic is not written
+            connection.execute(text("UPDATE tasks SET clinic_code = 'f_other' WHERE id = :id"), {"id": a.task_id})
+        session.rollback()
+        with system(session):  # the system's block in the same session: every clinic
+            assert set(session.connection().execute(text(raw)).scalars()) >= {a.task_id, b.task_id}
+        assert set(session.connection().execute(text(raw)).scalars()) == {a.task_id}  # back behind the wall
+    with _session() as session:  # no caller known yet: nothing at all
+        assert list(session.connection().execute(text(raw)).scalars()) == []
+    with _session(EVERY_CLINIC) as session:  # a superadmin
+        assert set(session.connection().execute(text(raw)).scalars()) >= {a.task_id, b.task_id}
