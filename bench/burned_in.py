@@ -164,6 +164,8 @@ def _ink_ttf(lines: list[str], rows: int, cols: int, size: int, where: str, mono
             x, y = margin, rows - block - margin + i * step
         elif where == "bottom-right":
             x, y = cols - w - margin, rows - block - margin + i * step
+        elif where == "middle":  # over the picture itself
+            x, y = cols // 4, rows // 2 + i * step
         else:  # "bottom": one band along the bottom edge
             x, y = margin, rows - step - margin
             x += sum(widths[:i]) + i * size * 2
@@ -272,6 +274,8 @@ TEXT_CASES: dict[str, Case] = {
     "ttf 12px white, US 1024": _case_ttf(us_gray, 1024, 1024, 12, 255),
     "ttf 11px yellow, colour US": _case_ttf(us_color, 480, 640, 11, YELLOW),
     "ttf 10px white, colour US": _case_ttf(us_color, 480, 640, 10, 240, where="top-right"),
+    "ttf 12px yellow over colour speckle": _case_ttf(us_color, 480, 640, 12, YELLOW, where="middle"),
+    "ttf 12px white over grey speckle": _case_ttf(us_gray, 480, 640, 12, 255, where="middle"),
     "ttf 12px grey 150 on 110": _case_low_contrast(150, 110, 12),
     "ttf 12px grey 60 on 35": _case_low_contrast(60, 35, 12),
     "ttf 12px black on DX 1024": _case_ttf(dx, 1024, 1024, 12, 15, "bottom-left", modality="DX", sop=DX_SOP),
