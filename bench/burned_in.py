@@ -230,7 +230,12 @@ def _case_bitmap(rows: int, cols: int, background: str) -> Case:
     def make(rng: np.random.Generator) -> Image_:
         picture = us_gray(rng, rows, cols) if background == "us" else flat(rng, rows, cols, 60)
         ink = _ink_bitmap(_lines(rng, "name"), rows, cols)
-        return _one(_draw(picture, ink, 255), ink, "US" if background == "us" else "OT", US_SOP if background == "us" else SC_SOP)
+        return _one(
+            _draw(picture, ink, 255),
+            ink,
+            "US" if background == "us" else "OT",
+            US_SOP if background == "us" else SC_SOP,
+        )
 
     return make
 
@@ -255,7 +260,12 @@ def _case_multiframe(rng: np.random.Generator) -> Image_:
 
 
 def _case_blank(
-    background: Callable[[np.random.Generator, int, int], np.ndarray], rows: int, cols: int, modality: str, sop: str, bits16: bool = False
+    background: Callable[[np.random.Generator, int, int], np.ndarray],
+    rows: int,
+    cols: int,
+    modality: str,
+    sop: str,
+    bits16: bool = False,
 ) -> Case:
     def make(rng: np.random.Generator) -> Image_:
         picture = background(rng, rows, cols)
@@ -428,15 +438,20 @@ def main() -> None:
         by.setdefault((group, case, version), []).append(result)
         by.setdefault((group, "ALL", version), []).append(result)
 
-    print(f"before={args.before}, after=working tree; {args.seeds} seed(s) per case, {args.workers} workers, "
-          f"{time.perf_counter() - started:.0f} s in all; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'text case':34} {'version':7} {'detected':>8} {'withheld':>8} {'leaked':>6} {'ink':>6} {'area':>6} {'s/image':>7}")
+    print(
+        f"before={args.before}, after=working tree; {args.seeds} seed(s) per case, {args.workers} workers, "
+        f"{time.perf_counter() - started:.0f} s in all; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'text case':35} {'version':7} {'detected':>8} {'withheld':>8} {'leaked':>6} {'ink':>6} {'area':>6} "
+        f"{'s/image':>7}"
+    )
     cases = [c for c in TEXT_CASES if ("text", c, "after") in by] + ["ALL"]
     for case in cases:
         for version in ("before", "after"):
             s = _summary(by[("text", case, version)])
             print(
-                f"{case:34} {version:7} {s['detected']:8.0%} {s['withheld']:8.0%} {s['leaked']:6.0%} "
+                f"{case:35} {version:7} {s['detected']:8.0%} {s['withheld']:8.0%} {s['leaked']:6.0%} "
                 f"{s['ink']:6.1%} {s['area']:6.1%} {s['seconds']:7.2f}"
             )
     blanks = [c for c in BLANK_CASES if ("blank", c, "after") in by]

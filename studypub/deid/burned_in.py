@@ -136,6 +136,9 @@ OCR_TIMEOUT_SECONDS = 120.0
 # least this confidence); a word as tall as such a word (within these ratios) is text too when it is on the
 # same line or read with some confidence. Texture read as letters is rarely either.
 STRONG_WORD: tuple[tuple[int, float], ...] = ((2, 75.0), (3, 60.0), (4, 45.0))
+# The extra readings (adaptive, local contrast, overlay) make texture crisp, and Tesseract reads some of it as
+# short words with fair confidence: there a word is text only with more letters and more confidence.
+STRICT_WORD: tuple[tuple[int, float], ...] = ((3, 85.0), (4, 70.0))
 HEIGHT_RATIO = (0.6, 1.6)
 WEAK_WORD = (2, 20.0)
 
@@ -338,15 +341,17 @@ class _Word:
 
 
 def text_words(words: list[_Word], known_heights: frozenset[int] | None = None, *, weak: bool = True) -> list[_Word]:
-    """The words that are text (:data:`STRONG_WORD`), and the words that look like them: as tall as one of
-    them (:data:`HEIGHT_RATIO`) and either on its line or (``weak``) read with some confidence
-    (:data:`WEAK_WORD`). With ``known_heights`` every word must be about as tall as one of those."""
+    """The words that are text (:data:`STRONG_WORD`; :data:`STRICT_WORD` unless ``weak``), and the words that
+    look like them: as tall as one of them (:data:`HEIGHT_RATIO`) and either on its line or (``weak``) read
+    with some confidence (:data:`WEAK_WORD`). With ``known_heights`` every word must be about as tall as one of
+    those."""
     lo, hi = HEIGHT_RATIO
 
     def tall_as(w: _Word, heights: Iterable[int]) -> bool:
         return any(lo * h <= w.height <= hi * h for h in heights)
 
-    strong = [w for w in words if any(w.alnum >= n and w.conf >= c for n, c in STRONG_WORD)]
+    rules = STRONG_WORD if weak else STRICT_WORD
+    strong = [w for w in words if any(w.alnum >= n and w.conf >= c for n, c in rules)]
     if known_heights:
         strong = [w for w in strong if tall_as(w, known_heights)]
     if not strong:
