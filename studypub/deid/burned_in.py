@@ -10,6 +10,15 @@ frame. The masked frames are read again: only when no text is found any more doe
 ``BurnedInAnnotation=NO``; otherwise it keeps (or gets) ``YES`` and the burned-in policy withholds it.
 CT and MR slices (and other cross-sectional images) are read only when their header flags them.
 
+One reading of the grey picture misses what one global threshold hides: grey text on a grey band beside a
+bright image, black text on a bright X-ray whose air is dark, a yellow label over colour speckle. So a still
+(or a cine's median) is read four ways (:func:`read_picture`): the grey picture; the same thresholded by
+neighbourhood (Tesseract's Sauvola); the local contrast of the border zones, where overlays are; the
+near-white and bright saturated pixels of a colour picture. OCR also reads some letters of a line and not
+others (a 5x7 bitmap font, an ID beside a name): every region found is widened along its text line over the
+glyph-like columns beside it and joined with its neighbours on the line (:func:`along_lines`).
+``python -m bench.burned_in`` measures what this covers on generated images, against an earlier version.
+
 A masked instance is stored losslessly as decoded: native pixel data in the source's own uncompressed
 transfer syntax, or Explicit VR Little Endian when the source was compressed (never another lossy pass; a
 source that was lossy keeps ``LossyImageCompression=01``). An instance that is not read is written
@@ -724,8 +733,18 @@ def describe_rows(policy: str) -> list[tuple[str, str, str, str]]:
             policy,
             "mask: every region where Tesseract ("
             + OCR_LANGUAGES
-            + ") reads text is filled with one value in every frame, the masked frames are read again "
-            "(up to "
+            + ") reads text is filled with one value in every frame. Each picture is read four ways: its grey "
+            "picture; the same with a threshold by neighbourhood (Sauvola); the local contrast of its border zones "
+            "(" + f"{CONTRAST_BORDER:.0%}" + " of each side: grey text on grey); the near-white and bright saturated "
+            "pixels of a colour picture (white/yellow overlays). The extra readings count only words of at least "
+            "3 letters read with high confidence (and the words on their lines). A region is widened over the "
+            "glyph-like columns beside it on its text line (gaps under " + f"{LINE_GAP:.0%}" + " of its height, "
+            "up to "
+            + str(LINE_REACH)
+            + " heights; not into texture), and regions on one line less than "
+            + f"{LINE_JOIN:g}"
+            + " heights apart are masked as one band. The masked frames are read again (the grey reading in full, "
+            "the extra readings that found text on the lines found; up to "
             + str(VERIFY_ROUNDS)
             + " rounds) and BurnedInAnnotation is set NO only when they read clean (else YES, and the burned-in "
             "policy applies); a masked instance is stored uncompressed (lossless); withhold: an instance with "
@@ -742,7 +761,7 @@ def describe_rows(policy: str) -> list[tuple[str, str, str, str]]:
             + ", ".join(sorted(CROSS_SECTIONAL))
             + " only when flagged. Multi-frame: "
             + str(MAX_SAMPLED_FRAMES)
-            + " frames spread over the instance and their median are read; the regions found are masked in every "
-            "frame.",
+            + " frames spread over the instance (the grey reading) and their median (all readings) are read; the "
+            "regions found are masked in every frame.",
         ),
     ]

@@ -312,3 +312,4 @@ def test_the_profile_describes_the_ocr_rules() -> None:
 
     rows = {row["tag"]: row for row in Profile.load().describe(DeidOptions(burned_in_text="mask"))}
     assert rows["burned-in text"]["applied_action"] == "mask" and "US" in rows["OCR scope"]["why"]
+    assert "Sauvola" in rows["burned-in text"]["why"] and "text line" in rows["burned-in text"]["why"]
