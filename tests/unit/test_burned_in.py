@@ -180,7 +180,9 @@ def test_ct_slices_are_not_read_unless_flagged(tmp_path: Path, monkeypatch: pyte
 
     calls: list[int] = []
     real = burned_in.find_text
-    monkeypatch.setattr(burned_in, "find_text", lambda gray, heights=None: calls.append(1) or real(gray, heights))
+    monkeypatch.setattr(
+        burned_in, "find_text", lambda gray, heights=None, **kw: calls.append(1) or real(gray, heights, **kw)
+    )
     outcome, out = _run(tmp_path, src, "ct")
     assert not outcome.withheld and calls == []  # not read: written as it came
     assert dcmread(out).PixelData == ct.PixelData
@@ -222,8 +224,92 @@ def test_frames_sampled_over_a_long_cine() -> None:
     assert len(sampled) == burned_in.MAX_SAMPLED_FRAMES and sampled[0] == 0 and sampled[-1] == 299
 
 
+def _speckle(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Ultrasound-like speckle over the whole picture (0..230)."""
+    speck = np.clip(rng.rayleigh(45, size=(rows, cols)), 0, 230).astype(np.uint8)
+    return np.asarray(Image.fromarray(speck).filter(ImageFilter.GaussianBlur(1.2))).astype(np.float32)
+
+
+def _ink(rows: int, cols: int, at: tuple[int, int], size: int = 12) -> np.ndarray:
+    """How much of each pixel the lines of text cover (0..1), drawn with DejaVu at ``size`` px from ``at``."""
+    layer = Image.new("L", (cols, rows), 0)
+    draw = ImageDraw.Draw(layer)
+    font = ImageFont.truetype(FONT, size)
+    for i, line in enumerate(["PETROVA MARIA", "ID 4039145361", "20.06.1957"]):
+        draw.text((at[1], at[0] + i * round(size * 1.35)), line, fill=255, font=font)
+    return np.asarray(layer).astype(np.float32) / 255.0
+
+
+def _scrub_covers(tmp_path: Path, name: str, picture: np.ndarray, ink: np.ndarray, modality: str) -> None:
+    """Anonymise ``picture``: published, flagged NO, and every pixel at least half covered by text masked."""
+    sop_class = UltrasoundImageStorage if modality == "US" else SecondaryCaptureImageStorage
+    ds = _dataset("82" + str(len(name)), picture, modality=modality, sop_class=sop_class)
+    outcome, out = _run(tmp_path, H.write(ds, tmp_path / f"{name}.dcm"), name)
+    assert not outcome.withheld and out.exists()
+    written = dcmread(out)
+    assert written.BurnedInAnnotation == "NO"
+    masked = written.pixel_array.reshape(picture.shape)
+    changed = masked != picture if picture.ndim == 2 else (masked != picture).any(axis=-1)
+    text = ink >= 0.5
+    assert changed[text].all(), f"{int((text & ~changed).sum())} of {int(text.sum())} text pixels left"
+    assert changed.mean() < 0.05, changed.mean()  # the lines of text, not the picture
+
+
+def test_low_contrast_grey_text_beside_a_bright_image_is_masked(tmp_path: Path) -> None:
+    """Grey 150 text on a grey 110 band beside a CT-like image with black lungs and a white spine: one global
+    threshold (the grey reading) separates the body from the air and loses the text; the local-contrast
+    reading of the border zones finds it."""
+    rng = np.random.default_rng(11)
+    rows, cols = 512, 512
+    noise = rng.normal(0, 25, size=(rows, cols)) + 128
+    picture = np.clip(
+        110 + np.asarray(Image.fromarray(noise.astype(np.uint8)).filter(ImageFilter.GaussianBlur(2))) - 128, 0, 255
+    )
+    picture[200:, 140:380] = 20
+    picture[260:420, 200:320] = 230
+    ink = _ink(rows, cols, (6, 6))
+    picture = np.rint(picture * (1 - ink) + 150 * ink).astype(np.uint8)
+    _scrub_covers(tmp_path, "lowcontrast", picture, ink, "OT")
+
+
+def test_yellow_text_over_colour_speckle_is_masked(tmp_path: Path) -> None:
+    """A yellow annotation over the colour ultrasound picture itself (not in the black band): the grey reading
+    sees it no brighter than the speckle; the overlay reading of the bright saturated pixels finds it."""
+    rng = np.random.default_rng(12)
+    rows, cols = 480, 640
+    grey = _speckle(rng, rows, cols)
+    rgb = np.stack([grey, grey * 0.93, grey * 0.8], axis=-1)
+    ink = _ink(rows, cols, (240, 160))
+    picture = rgb * (1 - ink[..., None]) + np.array([250.0, 235.0, 40.0]) * ink[..., None]
+    _scrub_covers(tmp_path, "yellow", np.rint(picture).astype(np.uint8), ink, "US")
+
+
+def test_a_found_word_is_widened_along_its_line_and_not_into_texture() -> None:
+    """OCR read the first word of a line and not the digits beside it: the region grows over the glyph-like
+    columns on its line (gaps narrower than the text is tall) and stops at a gap; beside texture (no gap
+    between 'letters') it does not grow."""
+    gray = np.zeros((60, 400), dtype=np.uint8)
+    ink = _ink(60, 400, (10, 10)) >= 0.5
+    gray[ink] = 255
+    words = burned_in.along_lines(gray, [burned_in.Box(8, 8, 24, 24)])  # "PE" of the first line
+    line = ink[:26]
+    covered = np.zeros_like(gray, dtype=bool)
+    for b in words:
+        covered[b.top : b.bottom, b.left : b.right] = True
+    assert covered[:26][line].all()  # the whole first line
+    assert not covered[:, 200:].any()  # and not the empty rest of the row
+
+    rng = np.random.default_rng(13)
+    textured = _speckle(rng, 60, 400).astype(np.uint8)
+    textured[:, :30] = 0
+    textured[:, :30][ink[:, :30]] = 255  # "PE", then speckle
+    [box] = burned_in.along_lines(textured, [burned_in.Box(8, 8, 24, 28)])
+    assert box.right <= 40, box  # the speckle beside it is no text
+
+
 def test_the_profile_describes_the_ocr_rules() -> None:
     from studypub.deid.profile import Profile
 
     rows = {row["tag"]: row for row in Profile.load().describe(DeidOptions(burned_in_text="mask"))}
     assert rows["burned-in text"]["applied_action"] == "mask" and "US" in rows["OCR scope"]["why"]
+    assert "Sauvola" in rows["burned-in text"]["why"] and "text line" in rows["burned-in text"]["why"]
