@@ -41,8 +41,10 @@ STAMP = ".studypub-ohif"
 # with Chromium on a CT for 3.13.2: every request before the first rendered image): scripts, style sheets,
 # workers. A version bump re-measures them (install fails if one is gone).
 STARTUP_CHUNKS = {
-    "script": (1673, 6938, 6489, 6495, 8478, 89, 2623, 6749, 5696, 9383, 7248, 781, 9415, 3500, 9116, 100)
-    + (5406, 3760, 9068, 899, 5910, 7463, 5448, 1206),
+    "script": (
+        *(1673, 6938, 6489, 6495, 8478, 89, 2623, 6749, 5696, 9383, 7248, 781, 9415, 3500, 9116, 100),
+        *(5406, 3760, 9068, 899, 5910, 7463, 5448, 1206),
+    ),
     "style": (6214, 2623, 3833, 781, 9415, 3760, 5910, 7463),
     "worker": (8097, 6915),  # the DICOM decoder, the histogram worker
 }
@@ -101,7 +103,7 @@ def _preloads(staging: Path) -> str:
         for chunk in chunks:
             name = f"{chunk}.css" if kind == "style" else files.get(chunk, "")
             if not name or not (staging / name).is_file():
-                raise SystemExit(f"@ohif/app {VERSION}: startup chunk {chunk} ({kind}) not found: re-measure STARTUP_CHUNKS")
+                raise SystemExit(f"@ohif/app {VERSION}: no startup chunk {chunk} ({kind}): re-measure STARTUP_CHUNKS")
             rel = 'rel="prefetch"' if kind == "worker" else f'rel="preload" as="{kind}"'
             links.append(f'<link {rel} href="{BASE}{name}">')
     return "".join(links)

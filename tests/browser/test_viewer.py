@@ -215,8 +215,17 @@ def test_phone_viewer_and_ohif(
     desk = browser.new_context(viewport=DESK, locale="en-US")
     try:
         page = desk.new_page()
+        cdp = desk.new_cdp_session(page)
+        cdp.send("Network.enable")
+        sent: dict[str, str] = {}
+        failed_assets: list[str] = []
+        cdp.on("Network.requestWillBeSent", lambda e: sent.__setitem__(e["requestId"], e["request"]["url"]))
+        cdp.on(
+            "Network.responseReceived",
+            lambda e: failed_assets.append(e["response"]["url"]) if e["response"]["status"] >= 400 else None,
+        )
         page.goto(f"{api.base_url}/s/{keys['ct']}/view")
-        page.wait_for_url("**/ohif/viewer/dicomjson?url=*", timeout=30000)
+        page.wait_for_url("**/ohif/viewer/dicomjson?url=*&lng=en-US", timeout=30000)
         canvas = page.locator("canvas.cornerstone-canvas").first
         canvas.wait_for(state="visible", timeout=60000)
         deadline = time.monotonic() + 60
@@ -226,8 +235,18 @@ def test_phone_viewer_and_ohif(
             if spread > 5:
                 break
             page.wait_for_timeout(500)
+        manifest_fetches = sum("/view/manifest.json" in url for url in sent.values())
         page.screenshot(path=str(ARTIFACTS / "viewer-ohif-ct.png"))
         assert spread > 5, "OHIF's viewport stayed blank"
+        assert not failed_assets, failed_assets  # fonts and chunks found under /ohif/
+        assert manifest_fetches == 1, manifest_fetches  # OHIF took the preloaded manifest
+        # No OHIF branding or link out; OHIF speaks the link page's language (?lang= there, ?lng= here).
+        assert page.locator("[data-cy=studypub-logo]").count() == 1
+        assert page.locator("a[href*='ohif.org'], a[href*='github.com']").count() == 0
+        page.goto(f"{api.base_url}/s/{keys['ct']}/view?ui=desk&lang=ru")
+        page.wait_for_url("**/ohif/viewer/dicomjson?url=*&lng=ru", timeout=30000)
+        page.get_by_text("Исследования").first.wait_for(timeout=60000)
+        page.screenshot(path=str(ARTIFACTS / "viewer-ohif-ct-ru.png"))
     finally:
         desk.close()
 
