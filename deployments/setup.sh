@@ -29,6 +29,8 @@ if [ "$mode" = test ]; then
   [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
   # dciodvfy checks that anonymised output is still a valid IOD.
   command -v dciodvfy >/dev/null 2>&1 || need_pkgs+=(dicom3tools)
+  # OpenJPH's encoder writes the HTJ2K test studies (OpenJPEG, in pylibjpeg, only decodes HTJ2K).
+  command -v ojph_compress >/dev/null 2>&1 || need_pkgs+=(openjph-tools)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_pkgs[*]}" >&2

@@ -248,8 +248,14 @@ def manifest_url(request: Request, key: str) -> str:
     return str(request.url_for("viewer_manifest", key=key))
 
 
+# OHIF's names for our languages (its prebuilt dist ships all five: en-US, ru, de, es, fr).
+OHIF_LANGUAGES = {"en": "en-US", "ru": "ru", "de": "de", "es": "es", "fr": "fr"}
+
+
 def ohif_url(request: Request, key: str) -> str:
-    return f"{OHIF_PREFIX}/viewer/dicomjson?url={quote(manifest_url(request, key), safe='')}"
+    """OHIF's address for the link: the manifest, and the link page's language (OHIF reads ``?lng=``)."""
+    language = OHIF_LANGUAGES.get(choose_locale(request).locale, "en-US")
+    return f"{OHIF_PREFIX}/viewer/dicomjson?url={quote(manifest_url(request, key), safe='')}&lng={language}"
 
 
 @router.api_route("/s/{key}/view", methods=["GET", "HEAD"], name="viewer_page")

@@ -5,7 +5,8 @@ compression behaves as on real images, and every identifying value written into 
 :attr:`GeneratedStudy.identifying_values`, so that a test can scan an anonymised output for leaks.
 
 Compressed transfer syntaxes are produced with dcmtk's command-line encoders (``dcmcjpeg``,
-``dcmcjpls``, ``dcmcrle``) and pydicom's JPEG 2000 encoder (pylibjpeg-openjpeg); see
+``dcmcjpls``, ``dcmcrle``; ``dcmconv`` for big endian), pydicom's JPEG 2000 encoder (pylibjpeg-openjpeg) and
+OpenJPH's ``ojph_compress`` for HTJ2K (Debian ``openjph-tools``; OpenJPEG only decodes HTJ2K); see
 :func:`transfer_syntax_unavailable_reason` to skip a test cleanly when an encoder is missing.
 
 Layout on disk: ``out_dir/S{series_number:03d}/I{instance_number:05d}.dcm``. Use one ``out_dir`` per study.
@@ -41,7 +42,9 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -79,7 +82,9 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "jpeg-lossless": JPEGLosslessSV1,
     "jpeg-ls": JPEGLSLossless,
     "jpeg2000": JPEG2000Lossless,
+    "htj2k": HTJ2KLossless,
     "rle": RLELossless,
+    "big-endian": ExplicitVRBigEndian,  # retired, still sent by old modalities
 }
 
 _NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
@@ -89,7 +94,9 @@ _DCMTK_ENCODERS: dict[UID, list[str]] = {
     JPEGLosslessSV1: ["dcmcjpeg", "+e1", "+un"],
     JPEGLSLossless: ["dcmcjpls", "+el", "+un"],
     RLELossless: ["dcmcrle", "+un"],
+    ExplicitVRBigEndian: ["dcmconv", "+tb"],
 }
+HTJ2K_ENCODER = "ojph_compress"
 
 
 class TransferSyntaxUnavailable(RuntimeError):
@@ -123,6 +130,10 @@ def transfer_syntax_unavailable_reason(name_or_uid: str) -> str | None:
             return "JPEG 2000 encoding needs pydicom >= 3"
         if not JPEG2000LosslessEncoder.is_available:
             return "JPEG 2000 encoding needs pylibjpeg and pylibjpeg-openjpeg in the environment"
+        return None
+    if uid == HTJ2KLossless:
+        if shutil.which(HTJ2K_ENCODER) is None:
+            return f"HTJ2K encoding needs OpenJPH's {HTJ2K_ENCODER} on PATH (Debian package 'openjph-tools')"
         return None
     return f"no encoder for {uid.name}"  # pragma: no cover
 
@@ -338,6 +349,8 @@ def _validate_series(modality: str, s: SeriesSpec, bits: int, ts: UID) -> None:
         raise ValueError("US images are 8-bit")
     if ts == JPEGBaseline8Bit and bits != 8:
         raise ValueError("JPEG baseline needs 8-bit images")
+    if ts == HTJ2KLossless and s.color:
+        raise ValueError("HTJ2K here is for grayscale images")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -864,6 +877,27 @@ def _encode_j2k(ds: Dataset, pixels: np.ndarray) -> None:
         ds.PhotometricInterpretation = "YBR_RCT"  # the encoder applied the reversible colour transform
 
 
+def _encode_htj2k(ds: Dataset, frames: list[np.ndarray], work: Path) -> None:
+    """Each frame through ``ojph_compress`` (reversible, raw samples in), encapsulated as HTJ2K Lossless."""
+    from pydicom.encaps import encapsulate
+
+    codestreams = []
+    for index, frame in enumerate(frames):
+        raw, out = work / f"htj2k-{index}.raw", work / f"htj2k-{index}.j2c"
+        frame.astype("<u2" if frame.dtype.itemsize == 2 else "u1").tofile(raw)
+        rows, cols = frame.shape
+        cmd = [HTJ2K_ENCODER, "-i", str(raw), "-o", str(out), "-reversible", "true", "-num_comps", "1"]
+        cmd += ["-dims", f"{{{cols},{rows}}}", "-signed", "false", "-bit_depth", str(ds.BitsStored)]
+        cmd += ["-downsamp", "{1,1}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{HTJ2K_ENCODER} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[:500]}")
+        codestreams.append(out.read_bytes())
+    ds.PixelData = encapsulate(codestreams)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+
+
 def _dcmtk(cmd: list[str], src: Path, dst: Path) -> None:
     proc = subprocess.run([*cmd, str(src), str(dst)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -1140,6 +1174,14 @@ def generate_study(out_dir: Path, spec: StudySpec) -> GeneratedStudy:
                 elif ts == DeflatedExplicitVRLittleEndian:
                     ds.PixelData = pixels.tobytes()
                     _write_native(ds, path, ts)
+                elif ts == HTJ2KLossless:
+                    enc = Dataset()
+                    for elem in ds:
+                        if elem.keyword != "PixelData":
+                            enc.add(copy.copy(elem))
+                    enc.file_meta = _file_meta(sop_class, sop_uid, HTJ2KLossless)
+                    _encode_htj2k(enc, frames, tmp)
+                    enc.save_as(path, enforce_file_format=True)
                 else:  # JPEG 2000 through pydicom
                     enc = Dataset()
                     for elem in ds:
