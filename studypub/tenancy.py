@@ -44,7 +44,8 @@ from studypub.models import Base, Clinic, OutboxMessage, Task, TaskStep, User, V
 
 KEY = "studypub.scope"
 TENANT_ROLE = "studypub_tenant"  # PostgreSQL: the role of a clinic's transactions (row-level security applies)
-CLINICS_SETTING = "studypub.clinics"  # ... and the clinics its rows may belong to, comma-separated
+CLINICS_SETTING = "studypub.clinics"  # ... and the clinics its rows may belong to,
+CLINICS_SEPARATOR = "\x1f"  # ... joined by the unit separator (chr(31): clinics.check_code refuses it in a code)
 SUPERADMIN_ROLE = "superadmin"  # studypub.users.Role.SUPERADMIN (users imports publications, which imports us)
 
 
@@ -162,16 +163,31 @@ def system(session: Session) -> Iterator[Session]:
     before = session.info.get(KEY)
     session.info[KEY] = SYSTEM
     _rewall(session)
+    failed = False
     try:
         yield session
+    except BaseException:
+        failed = True
+        raise
     finally:
-        session.flush()
-        session.expunge_all()
-        if before is None:
-            session.info.pop(KEY, None)
-        else:
-            session.info[KEY] = before
-        _rewall(session)
+        try:
+            session.flush()
+            session.expunge_all()
+            if before is None:
+                session.info.pop(KEY, None)
+            else:
+                session.info[KEY] = before
+            _rewall(session)
+        except Exception:
+            # The transaction cannot take its wall back (its connection broke in the block): end it, so nothing
+            # runs on as the owner, and let the block's own error be the one the caller sees.
+            if before is None:
+                session.info.pop(KEY, None)
+            else:
+                session.info[KEY] = before
+            session.rollback()
+            if not failed:
+                raise
 
 
 def _on_execute(state: ORMExecuteState) -> None:
@@ -207,15 +223,23 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
 _walled_databases: set[str] = set()  # databases (by URL) whose clinic tables have row-level security
 
 
+def _may_take(connection: Connection) -> str:
+    """The privilege that lets a user switch to a role: membership up to PostgreSQL 15; from 16 on, a member
+    made by CREATE ROLE holds only ADMIN (``createrole_self_grant`` is empty), so SET is what counts."""
+    version = connection.dialect.server_version_info or (0,)
+    return "SET" if version[0] >= 16 else "MEMBER"
+
+
 def _has_wall(connection: Connection) -> bool:
-    """Whether this PostgreSQL database has the policies (migration 0009); remembered once true."""
+    """Whether this PostgreSQL database has the policies (migration 0009) and the user may take the tenant role;
+    remembered once true."""
     key = connection.engine.url.render_as_string(hide_password=True)
     if key in _walled_databases:
         return True
     found = connection.exec_driver_sql(
         f"SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{TENANT_ROLE}') "  # noqa: S608 - constants
-        f"THEN pg_has_role('{TENANT_ROLE}', 'MEMBER') AND coalesce((SELECT relrowsecurity FROM pg_class "
-        "WHERE oid = to_regclass('tasks')), false) ELSE false END"
+        f"THEN pg_has_role('{TENANT_ROLE}', '{_may_take(connection)}') AND coalesce((SELECT relrowsecurity "
+        "FROM pg_class WHERE oid = to_regclass('tasks')), false) ELSE false END"
     ).scalar()
     if found:
         _walled_databases.add(key)
@@ -230,7 +254,8 @@ def _raise_wall(session: Session, connection: Connection) -> None:
     if scope is not None and scope.every_clinic:  # the system, a superadmin: the owner, whom no policy limits
         connection.exec_driver_sql("RESET ROLE")
         return
-    clinics = ",".join(sorted(scope.clinics or ())) if scope is not None else ""  # no scope yet: no clinic
+    # no scope yet: no clinic. Joined by the unit separator, which no clinic code may hold (a comma may).
+    clinics = CLINICS_SEPARATOR.join(sorted(scope.clinics or ())) if scope is not None else ""
     connection.exec_driver_sql(
         f"SELECT set_config('role', '{TENANT_ROLE}', true), set_config('{CLINICS_SETTING}', %(clinics)s, true)",
         {"clinics": clinics},
@@ -256,6 +281,10 @@ def ensure_tenant_role(connection: Connection) -> None:
     server brings the policies, not roles or grants). A database user that may not create or take the role gets
     a warning and no second wall (``_has_wall`` is false): the ORM's wall still stands, the service still runs."""
     connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7242014)")  # several processes start at once
+    privilege = _may_take(connection)
+    grant = f"GRANT {TENANT_ROLE} TO ' || quote_ident(current_user)"  # the SQL of a string built in PL/pgSQL
+    if privilege == "SET":
+        grant += " || ' WITH SET TRUE, INHERIT FALSE'"
     connection.exec_driver_sql(
         f"""
         DO $$ BEGIN
@@ -267,9 +296,9 @@ def ensure_tenant_role(connection: Connection) -> None:
                     RETURN;
                 END;
             END IF;
-            IF NOT pg_has_role(current_user, '{TENANT_ROLE}', 'MEMBER') THEN
+            IF NOT pg_has_role(current_user, '{TENANT_ROLE}', '{privilege}') THEN
                 BEGIN
-                    EXECUTE 'GRANT {TENANT_ROLE} TO ' || quote_ident(current_user);
+                    EXECUTE '{grant};
                 EXCEPTION WHEN insufficient_privilege THEN
                     RAISE WARNING 'studypub: the database user may not take the tenant role: no row-level security';
                     RETURN;

@@ -521,6 +521,8 @@ def read_picture(
     (:func:`_contrast`) and the overlay picture of its colours (:func:`_overlay`). The extra readings take
     only confident words and the words on their lines (no weakly read word elsewhere: texture made crisp);
     with ``bands`` (rows, top to bottom) they read only those rows (the lines where text was found)."""
+    if min(picture.gray.shape) < MIN_SIDE:  # too small to show readable text (and to measure its borders)
+        return [], frozenset()
     found: dict[str, list[Box]] = {}
     readings = set(readings)
     if GREY in readings:

@@ -313,3 +313,12 @@ def test_the_profile_describes_the_ocr_rules() -> None:
     rows = {row["tag"]: row for row in Profile.load().describe(DeidOptions(burned_in_text="mask"))}
     assert rows["burned-in text"]["applied_action"] == "mask" and "US" in rows["OCR scope"]["why"]
     assert "Sauvola" in rows["burned-in text"]["why"] and "text line" in rows["burned-in text"]["why"]
+
+
+@pytest.mark.parametrize("side", [1, 2, 23])
+def test_a_picture_too_small_for_text_is_not_read(side: int) -> None:
+    """Tiny frames (icons, a 1x1 placeholder) cannot show readable text: nothing is read, nothing fails (the
+    border statistics of the extra readings have no pixels to measure there)."""
+    gray = np.full((side, side), 200, dtype=np.uint8)
+    rgb = np.zeros((side, side, 3), dtype=np.uint8)
+    assert burned_in.read_picture(burned_in.Picture(gray, rgb)) == ([], frozenset())

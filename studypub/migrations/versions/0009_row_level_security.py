@@ -16,7 +16,8 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-IN_SCOPE = "string_to_array(current_setting('studypub.clinics', true), ',')"  # unset: NULL, no row
+# unset: NULL, no row. Split on the unit separator (studypub.tenancy.CLINICS_SEPARATOR; no code holds it).
+IN_SCOPE = "string_to_array(current_setting('studypub.clinics', true), chr(31))"
 POLICIES = {
     "tasks": f"clinic_code = ANY ({IN_SCOPE})",
     "published_studies": f"clinic_code = ANY ({IN_SCOPE})",
