@@ -23,7 +23,9 @@ from studypub.publications import (
     note_dispatch_problem,
     pending_dispatch,
     queued_runs,
+    restart_unstarted,
 )
+from studypub.settings import get_settings
 
 log = get_logger("dispatch")
 
@@ -135,6 +137,15 @@ class Dispatcher:
                 reason = N_("its Prefect run was deleted before it started")
             elif (state := states[run_id]) is not None and state.is_final():
                 reason = N_("its Prefect run ended (%(state)s) before it started", state=state.name)
+                if state.is_crashed() or state.is_failed():  # the worker died while starting it: heal
+                    with self._sessions() as session:
+                        if restart_unstarted(session, task_id, run_id, get_settings().runs.max_resumes):
+                            log.warning(
+                                "A queued publication's run died before it started; a new run starts",
+                                extra=details(task_id=task_id),
+                            )
+                            self._wake.set()
+                            continue
             else:
                 continue
             with self._sessions() as session:

@@ -381,6 +381,33 @@ def fail_unstarted(session: Session, task_id: str, flow_run_id: str | None, reas
     return done
 
 
+def restart_unstarted(session: Session, task_id: str, flow_run_id: str, max_resumes: int) -> bool:
+    """A queued publication whose run crashed or failed before it started (its worker died while the run was
+    starting) gets a new run, like an interrupted one, counted in the same resumes. False when it has had
+    ``max_resumes`` in a row (then :func:`fail_unstarted` says why) or another process got there first."""
+    done = move(
+        session,
+        task_id,
+        Event.REDISPATCH,
+        where=[Task.flow_run_id == flow_run_id, Task.dispatch_pending.is_(False), Task.resumes < max_resumes],
+        values={
+            "dispatch_pending": True,
+            "requeues": Task.requeues + 1,
+            "resumes": Task.resumes + 1,
+            "flow_run_id": None,
+            "next_attempt_at": None,
+            **waiting(
+                Waiting.INTERRUPTED,
+                N_("%(step)s: interrupted (the run stopped without finishing); resuming", step="start"),
+            ),
+        },
+        action="publication.interrupted",
+        details={"unstarted": True},
+    )
+    session.commit()
+    return done
+
+
 def note_dispatch_problem(session: Session, task_ids: list[str], reason: str) -> None:
     """Say on the waiting requests why their run has not started (Prefect unreachable...)."""
     session.execute(

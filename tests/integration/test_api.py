@@ -498,3 +498,30 @@ def test_a_burst_of_different_studies_is_answered_without_errors(db_url: str, ap
     assert [r.status_code for r in responses] == [202] * 200
     assert elapsed < 25, f"{elapsed:.1f} s: requests waited for the pool's timeout"
     assert len({r.json()["link"] for r in responses}) == 200
+
+
+def test_a_run_that_crashed_before_it_started_is_started_again(
+    db_url: str, api_server: Any, prefect_api_url: str, publish_deployment: str
+) -> None:
+    """The worker died while a run was starting (Prefect marks it Crashed before our code ran): nobody has to act;
+    a new run is started (same task and link), the publication says it is resuming meanwhile, and after
+    ``runs.max_resumes`` such deaths in a row it fails with the reason."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    key = make_api_key()
+    api = api_server(
+        PREFECT_API_URL=prefect_api_url, STUDYPUB_API__DISPATCH_INTERVAL="0.5", STUDYPUB_RUNS__MAX_RESUMES="1"
+    )
+    body = dict(BODY, accession_number="CRASH1")
+    with api.client(headers={"X-API-Key": key}) as c, get_client(sync_client=True) as prefect:
+        first = c.post("/publish", json=body).json()
+        run_id = wait_for(lambda: db_task(first["task_id"]).flow_run_id, 60, "the run")
+        prefect.set_flow_run_state(run_id, Crashed(), force=True)
+        second = wait_for(lambda: (r := db_task(first["task_id"]).flow_run_id) not in (None, run_id) and r, 60, "rerun")
+        task = db_task(first["task_id"])
+        assert task.status == "QUEUED" and task.resumes == 1
+        prefect.set_flow_run_state(second, Crashed(), force=True)  # a second death in a row: the limit (1)
+        failed = wait_for(lambda: (s := c.get(first["status_url"]).json())["status"] == "FAILED" and s, 60, "FAILED")
+        assert "ended (Crashed) before it started" in failed["reason"]
+    delete_runs(flow_runs_of(first["task_id"]))

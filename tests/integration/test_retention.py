@@ -170,7 +170,7 @@ def test_two_retention_runs_at_once_delete_and_count_each_once(
     slow storage so that they overlap: every archive is deleted, recorded and counted by exactly one of them.
     (Prefect runs flows called from threads of one process one after the other, so processes it is.)"""
     seeded = [seed_publication(save_till=past(1)) for _ in range(16)]
-    with SlowProxy(s3_server.port, delay=0.3) as proxy:
+    with SlowProxy(s3_server.port, delay=0.8) as proxy:  # ~13 s of deletions: the second start falls inside
         env = dict(
             os.environ,
             PREFECT_API_URL=prefect_api_url,
