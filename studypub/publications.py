@@ -381,6 +381,21 @@ def fail_unstarted(session: Session, task_id: str, flow_run_id: str | None, reas
     return done
 
 
+def _resumed(step: str) -> dict[str, Any]:
+    """The values of a publication whose run died (running, or before it started): a new run is asked for,
+    counted among the resumes in a row, and the publication says it is resuming."""
+    return {
+        "dispatch_pending": True,
+        "requeues": Task.requeues + 1,
+        "resumes": Task.resumes + 1,
+        "flow_run_id": None,
+        "next_attempt_at": None,
+        **waiting(
+            Waiting.INTERRUPTED, N_("%(step)s: interrupted (the run stopped without finishing); resuming", step=step)
+        ),
+    }
+
+
 def restart_unstarted(session: Session, task_id: str, flow_run_id: str, max_resumes: int) -> bool:
     """A queued publication whose run crashed or failed before it started (its worker died while the run was
     starting) gets a new run, like an interrupted one, counted in the same resumes. False when it has had
@@ -390,17 +405,7 @@ def restart_unstarted(session: Session, task_id: str, flow_run_id: str, max_resu
         task_id,
         Event.REDISPATCH,
         where=[Task.flow_run_id == flow_run_id, Task.dispatch_pending.is_(False), Task.resumes < max_resumes],
-        values={
-            "dispatch_pending": True,
-            "requeues": Task.requeues + 1,
-            "resumes": Task.resumes + 1,
-            "flow_run_id": None,
-            "next_attempt_at": None,
-            **waiting(
-                Waiting.INTERRUPTED,
-                N_("%(step)s: interrupted (the run stopped without finishing); resuming", step="start"),
-            ),
-        },
+        values=_resumed("start"),
         action="publication.interrupted",
         details={"unstarted": True},
     )
@@ -879,19 +884,7 @@ def interrupt(session: Session, settings: Settings, task_id: str) -> tuple[str, 
             task_id,
             Event.INTERRUPT,
             where=expired,
-            values={
-                "dispatch_pending": True,
-                "requeues": Task.requeues + 1,
-                "resumes": Task.resumes + 1,
-                "flow_run_id": None,
-                "lease_owner": None,
-                "lease_until": None,
-                "next_attempt_at": None,
-                **waiting(
-                    Waiting.INTERRUPTED,
-                    N_("%(step)s: interrupted (the run stopped without finishing); resuming", step=step),
-                ),
-            },
+            values={**_resumed(step), "lease_owner": None, "lease_until": None},
             action="publication.interrupted",
             details={"resumes": task.resumes + 1},
         )
